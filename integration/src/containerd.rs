@@ -189,7 +189,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.tracing.processo
             for task in self.quiet_list(ns, &["tasks", "ls", "-q"]) {
                 let _ = self.ctr_ns(ns, &["tasks", "kill", "-a", "-s", "SIGKILL", &task]);
                 let _ = wait_until(Duration::from_secs(5), || {
-                    self.ctr_ns(ns, &["tasks", "delete", &task]).status.success()
+                    self.ctr_ns(ns, &["tasks", "delete", &task])
+                        .status
+                        .success()
                 });
                 let _ = self.ctr_ns(ns, &["tasks", "delete", "-f", &task]);
             }
@@ -219,9 +221,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.tracing.processo
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            let is_shim = args
-                .first()
-                .is_some_and(|a| a.contains("containerd-shim"));
+            let is_shim = args.first().is_some_and(|a| a.contains("containerd-shim"));
             if is_shim && args.iter().any(|a| a == sock.as_ref()) {
                 pids.push(pid);
             }

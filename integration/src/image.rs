@@ -78,7 +78,10 @@ pub fn tar_dir(root: &Path) -> io::Result<Vec<u8>> {
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("cannot put {} in a layer: unsupported file type", full.display()),
+                format!(
+                    "cannot put {} in a layer: unsupported file type",
+                    full.display()
+                ),
             ));
         }
     }

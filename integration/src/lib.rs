@@ -32,6 +32,6 @@ pub use registry::Registry;
 pub use rootfs::make_busybox_rootfs;
 pub use runtime::{is_cgroup_hybrid, Runtime, RuntimeKind};
 pub use util::{
-    assert_success, bin_dir, bin_path, free_port, have, http_get, require_root, require_tool,
-    try_bin_path, unique_name, wait_until, which,
+    assert_success, bin_dir, bin_path, free_port, have, http_get, output_via_files, require_root,
+    require_tool, try_bin_path, unique_name, wait_until, which,
 };

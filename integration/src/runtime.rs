@@ -7,14 +7,13 @@ use std::process::{Command, Output, Stdio};
 
 use tempfile::TempDir;
 
-use crate::util::{bin_path, std_path_env, try_bin_path, which};
+use crate::util::{bin_path, output_via_files, std_path_env, try_bin_path, which};
 
 /// The shell script crun runs under: crun refuses cgroup-v1 *hybrid* hosts
 /// (it sees the cgroup2 mount at /sys/fs/cgroup/unified), so it runs in a
 /// private mount namespace where that mount is gone, and works as on v1.
 /// Usage: `unshare -m sh -c CRUN_WRAPPER sh CRUN ROOT ARGS…`.
-pub const CRUN_WRAPPER: &str =
-    r#"umount /sys/fs/cgroup/unified 2>/dev/null; crun="$1"; root="$2"; shift 2; exec "$crun" --root "$root" "$@""#;
+pub const CRUN_WRAPPER: &str = r#"umount /sys/fs/cgroup/unified 2>/dev/null; crun="$1"; root="$2"; shift 2; exec "$crun" --root "$root" "$@""#;
 
 /// The wrapper with nothing to run (`exec true`), to measure its own cost.
 pub const CRUN_WRAPPER_NOOP: &str = "umount /sys/fs/cgroup/unified 2>/dev/null; exec true";
@@ -167,11 +166,14 @@ impl Runtime {
     }
 
     /// Runs the runtime with `args` (stdin from /dev/null), capturing output.
+    /// Output goes through temp files, not pipes, so this returns when the
+    /// runtime exits even if a detached container (`run -d`) inherited its
+    /// stdout/stderr.
     #[track_caller]
     pub fn run<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
         let mut c = self.cmd();
         c.args(args).stdin(Stdio::null());
-        match c.output() {
+        match output_via_files(&mut c) {
             Ok(o) => o,
             Err(e) => panic!("cannot run {c:?}: {e}"),
         }
@@ -181,7 +183,7 @@ impl Runtime {
     /// of its state directory.
     pub fn container_ids(&self) -> Vec<String> {
         let mut ids = BTreeSet::new();
-        if let Ok(out) = self.cmd().args(["list", "-q"]).stdin(Stdio::null()).output() {
+        if let Ok(out) = output_via_files(self.cmd().args(["list", "-q"]).stdin(Stdio::null())) {
             if out.status.success() {
                 for l in String::from_utf8_lossy(&out.stdout).lines() {
                     let l = l.trim();
@@ -207,16 +209,8 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         for id in self.container_ids() {
-            let _ = self
-                .cmd()
-                .args(["kill", &id, "9"])
-                .stdin(Stdio::null())
-                .output();
-            let _ = self
-                .cmd()
-                .args(["delete", "-f", &id])
-                .stdin(Stdio::null())
-                .output();
+            let _ = output_via_files(self.cmd().args(["kill", &id, "9"]).stdin(Stdio::null()));
+            let _ = output_via_files(self.cmd().args(["delete", "-f", &id]).stdin(Stdio::null()));
         }
         let _ = crate::mounts::unmount_all_under(self.root.path());
     }

@@ -168,10 +168,37 @@ pub fn output_of(cmd: &mut Command) -> Output {
     }
 }
 
+/// Runs a command to completion like [`Command::output`], but collects
+/// stdout/stderr through unlinked temp files instead of pipes, so it returns
+/// as soon as the command exits even if it left a process holding them open
+/// (e.g. `runc run -d`, whose container inherits the runtime's stdio).
+pub fn output_via_files(cmd: &mut Command) -> std::io::Result<Output> {
+    use std::io::{Seek, SeekFrom};
+    let mut out = tempfile::tempfile()?;
+    let mut err = tempfile::tempfile()?;
+    let status = cmd
+        .stdout(out.try_clone()?)
+        .stderr(err.try_clone()?)
+        .status()?;
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    out.seek(SeekFrom::Start(0))?;
+    out.read_to_end(&mut stdout)?;
+    err.seek(SeekFrom::Start(0))?;
+    err.read_to_end(&mut stderr)?;
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
 /// A currently free TCP port on 127.0.0.1 (bound to port 0, then released).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1:0");
-    l.local_addr().expect("listener has no local address").port()
+    l.local_addr()
+        .expect("listener has no local address")
+        .port()
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);

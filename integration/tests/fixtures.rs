@@ -17,7 +17,14 @@ fn busybox_rootfs_has_a_working_static_busybox() {
     make_busybox_rootfs(&rootfs).expect("make_busybox_rootfs");
     // Twice into the same dir is fine (idempotent).
     make_busybox_rootfs(&rootfs).expect("make_busybox_rootfs again");
-    for f in ["bin/busybox", "bin/sh", "bin/true", "bin/ls", "etc/passwd", "etc/group"] {
+    for f in [
+        "bin/busybox",
+        "bin/sh",
+        "bin/true",
+        "bin/ls",
+        "etc/passwd",
+        "etc/group",
+    ] {
         assert!(
             rootfs.join(f).symlink_metadata().is_ok(),
             "{f} missing in rootfs"
@@ -28,7 +35,10 @@ fn busybox_rootfs_has_a_working_static_busybox() {
         assert!(rootfs.join(d).is_dir(), "{d}/ missing in rootfs");
     }
     use std::os::unix::fs::PermissionsExt;
-    let tmp_mode = std::fs::metadata(rootfs.join("tmp")).unwrap().permissions().mode();
+    let tmp_mode = std::fs::metadata(rootfs.join("tmp"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(tmp_mode & 0o7777, 0o1777);
 
     let out = Command::new("chroot")
@@ -44,13 +54,19 @@ fn busybox_rootfs_has_a_working_static_busybox() {
 fn default_spec_matches_runc_spec_shape() {
     let spec = default_spec(&["echo", "hello"]);
     assert_eq!(spec["process"]["terminal"], false);
-    assert_eq!(spec["process"]["args"], serde_json::json!(["echo", "hello"]));
+    assert_eq!(
+        spec["process"]["args"],
+        serde_json::json!(["echo", "hello"])
+    );
     assert_eq!(spec["root"]["path"], "rootfs");
     assert_eq!(spec["root"]["readonly"], true);
     assert_eq!(spec["hostname"], "orca");
     for set in ["bounding", "effective", "permitted"] {
         assert_eq!(
-            spec["process"]["capabilities"][set].as_array().unwrap().len(),
+            spec["process"]["capabilities"][set]
+                .as_array()
+                .unwrap()
+                .len(),
             14
         );
     }
@@ -103,7 +119,10 @@ fn bundle_runs_under_real_runc_and_leaves_nothing() {
         assert!(runc.container_ids().is_empty(), "runc kept state after run");
     }
     assert_eq!(cgroup_leftovers(&cg), Vec::<std::path::PathBuf>::new());
-    assert_eq!(mounts_under(bundle.path()), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        mounts_under(bundle.path()),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
 
 #[test]
@@ -135,11 +154,15 @@ fn runtime_drop_cleans_up_a_running_container() {
         let out = runc.run(&["run", "-d", "-b", bundle.path_str(), &id]);
         assert_success(&out, "runc run -d");
         assert_eq!(runc.container_ids(), vec![id.clone()]);
-        assert!(!cgroup_leftovers(&cg).is_empty(), "a running container has a cgroup");
+        assert!(
+            !cgroup_leftovers(&cg).is_empty(),
+            "a running container has a cgroup"
+        );
     }
     assert!(!root.exists(), "runtime root not removed");
     assert!(
-        wait_until(std::time::Duration::from_secs(5), || cgroup_leftovers(&cg).is_empty()),
+        wait_until(std::time::Duration::from_secs(5), || cgroup_leftovers(&cg)
+            .is_empty()),
         "cgroup left: {:?}",
         cgroup_leftovers(&cg)
     );
@@ -168,7 +191,11 @@ fn oci_layout_passes_skopeo_and_umoci() {
     for f in ["oci-layout", "index.json"] {
         assert!(layout.join(f).is_file(), "{f} missing");
     }
-    let blob = |d: &str| layout.join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap());
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.strip_prefix("sha256:").unwrap())
+    };
     let manifest = std::fs::read(blob(&info.manifest_digest)).unwrap();
     assert_eq!(sha256_digest(&manifest), info.manifest_digest);
     assert_eq!(manifest.len() as u64, info.manifest_size);
@@ -303,7 +330,10 @@ fn containerd_pulls_from_the_registry_and_runs() {
     assert_success(&out, "ctr run -d");
     let tasks = stdout(&ctrd.ctr(&["tasks", "ls", "-q"]));
     assert!(tasks.contains(&id2), "{tasks}");
-    assert!(!mounts_under(&dir).is_empty(), "a running container has a rootfs mount");
+    assert!(
+        !mounts_under(&dir).is_empty(),
+        "a running container has a rootfs mount"
+    );
     drop(ctrd);
     assert!(!sock.exists());
     assert!(!dir.exists(), "containerd temp dir not removed");

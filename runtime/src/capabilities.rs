@@ -147,22 +147,17 @@ pub fn apply(caps: &LinuxCapabilities) -> Result<(), CapabilityError> {
             set: "effective",
         });
     }
-    for cap in sorted_names(&ambient) {
-        let k = KCap::from_str(&cap).map_err(|_| CapabilityError::Unknown(cap.clone()))?;
-        if !permitted.contains(&k) || !inheritable.contains(&k) {
-            let mut missing = Vec::new();
-            if !permitted.contains(&k) {
-                missing.push("permitted");
-            }
-            if !inheritable.contains(&k) {
-                missing.push("inheritable");
-            }
-            return Err(CapabilityError::Ambient {
-                cap,
-                reason: format!("not in the {} set", missing.join(" and ")),
-            });
+    // As runc: an ambient capability the kernel would refuse (not in both permitted and
+    // inheritable, e.g. `runc spec`'s default, which has no inheritable set) is skipped with a
+    // warning instead of failing the container.
+    let mut ambient = ambient;
+    ambient.retain(|k| {
+        let ok = permitted.contains(k) && inheritable.contains(k);
+        if !ok {
+            tracing::debug!(cap = %k, "ambient capability not in permitted and inheritable sets: skipped");
         }
-    }
+        ok
+    });
 
     set_base(CapSet::Inheritable, "inheritable", &inheritable)?;
     set_base(CapSet::Effective, "effective", &effective)?;
@@ -375,17 +370,6 @@ mod tests {
 
     #[test]
     fn invalid_configs_name_the_capability() {
-        // Ambient not in inheritable: error before anything is changed, names the capability.
-        let mut c = LinuxCapabilities::default();
-        c.set_bounding(None);
-        c.set_effective(None);
-        c.set_permitted(Some(set(&[Capability::Chown])));
-        c.set_inheritable(None);
-        c.set_ambient(Some(set(&[Capability::Chown])));
-        let e = apply(&c).unwrap_err();
-        assert!(e.to_string().contains("CAP_CHOWN"), "{e}");
-        assert!(e.to_string().contains("inheritable"), "{e}");
-
         // Effective not in permitted.
         let mut c = LinuxCapabilities::default();
         c.set_bounding(None);

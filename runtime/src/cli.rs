@@ -136,8 +136,6 @@ pub enum Command {
     },
     /// Write a default config.json
     Spec {
-        #[arg(long)]
-        rootless: bool,
         #[arg(short = 'b', long, default_value = ".")]
         bundle: PathBuf,
     },
@@ -250,7 +248,10 @@ pub fn main() -> i32 {
 }
 
 fn needs_clone(cmd: &Command) -> bool {
-    matches!(cmd, Command::Create { .. } | Command::Run { .. } | Command::Exec(_))
+    matches!(
+        cmd,
+        Command::Create { .. } | Command::Run { .. } | Command::Exec(_)
+    )
 }
 
 fn dispatch(cli: &Cli) -> Result<i32> {
@@ -287,7 +288,8 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             let report = state.report(&store);
             println!(
                 "{}",
-                serde_json::to_string_pretty(&report).map_err(|e| RuntimeError::other(e.to_string()))?
+                serde_json::to_string_pretty(&report)
+                    .map_err(|e| RuntimeError::other(e.to_string()))?
             );
             Ok(0)
         }
@@ -301,7 +303,11 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Exec(args) => exec(&store, args),
-        Command::Ps { format, id, ps_args } => ps(&store, id, format, ps_args),
+        Command::Ps {
+            format,
+            id,
+            ps_args,
+        } => ps(&store, id, format, ps_args),
         Command::List { format, quiet } => list(&store, format, *quiet),
         Command::Pause { id } => {
             container::pause(&store, id)?;
@@ -317,13 +323,17 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             interval,
             id,
         } => events(&store, id, *stats, interval),
-        Command::Spec { rootless, bundle } => {
+        Command::Spec { bundle } => {
+            let rootless = cli.rootless.as_deref().is_some_and(|v| v != "false");
             let path = bundle.join("config.json");
             if path.exists() {
-                return Err(RuntimeError::other("File config.json exists. Remove it first."));
+                return Err(RuntimeError::other(
+                    "File config.json exists. Remove it first.",
+                ));
             }
-            let doc = crate::spec::default_spec(*rootless);
-            let text = serde_json::to_string_pretty(&doc).map_err(|e| RuntimeError::other(e.to_string()))?;
+            let doc = crate::spec::default_spec(rootless);
+            let text = serde_json::to_string_pretty(&doc)
+                .map_err(|e| RuntimeError::other(e.to_string()))?;
             std::fs::write(&path, text).map_err(|e| RuntimeError::Io {
                 context: format!("write {path:?}"),
                 source: e,
@@ -334,7 +344,8 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             let doc = crate::features::document();
             println!(
                 "{}",
-                serde_json::to_string_pretty(&doc).map_err(|e| RuntimeError::other(e.to_string()))?
+                serde_json::to_string_pretty(&doc)
+                    .map_err(|e| RuntimeError::other(e.to_string()))?
             );
             Ok(0)
         }
@@ -370,7 +381,9 @@ fn exec(store: &StateStore, a: &ExecArgs) -> Result<i32> {
         }
         None => {
             if a.command.is_empty() {
-                return Err(RuntimeError::other("exec: no command given (args or --process)"));
+                return Err(RuntimeError::other(
+                    "exec: no command given (args or --process)",
+                ));
             }
             let mut p = state.spec.process().clone().unwrap_or_default();
             p.set_args(Some(a.command.clone()));
@@ -398,7 +411,8 @@ fn exec(store: &StateStore, a: &ExecArgs) -> Result<i32> {
                 }
             }
             if !a.additional_gids.is_empty() {
-                p.user_mut().set_additional_gids(Some(a.additional_gids.clone()));
+                p.user_mut()
+                    .set_additional_gids(Some(a.additional_gids.clone()));
             }
             if a.no_new_privs {
                 p.set_no_new_privileges(Some(true));
@@ -447,7 +461,10 @@ fn ps(store: &StateStore, id: &str, format: &str, ps_args: &[String]) -> Result<
     let pids = container::pids(store, id)?;
     match format {
         "json" => {
-            println!("{}", serde_json::to_string(&pids).unwrap_or_else(|_| "[]".into()));
+            println!(
+                "{}",
+                serde_json::to_string(&pids).unwrap_or_else(|_| "[]".into())
+            );
         }
         "table" => {
             let args: Vec<String> = if ps_args.is_empty() {
@@ -488,7 +505,11 @@ fn ps(store: &StateStore, id: &str, format: &str, ps_args: &[String]) -> Result<
                 }
             }
         }
-        other => return Err(RuntimeError::other(format!("invalid format option {other:?}"))),
+        other => {
+            return Err(RuntimeError::other(format!(
+                "invalid format option {other:?}"
+            )))
+        }
     }
     Ok(0)
 }
@@ -528,9 +549,19 @@ fn list(store: &StateStore, format: &str, quiet: bool) -> Result<i32> {
                     ]
                 })
                 .collect();
-            print!("{}", tabulate(&["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"], &rows));
+            print!(
+                "{}",
+                tabulate(
+                    &["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"],
+                    &rows
+                )
+            );
         }
-        other => return Err(RuntimeError::other(format!("invalid format option {other:?}"))),
+        other => {
+            return Err(RuntimeError::other(format!(
+                "invalid format option {other:?}"
+            )))
+        }
     }
     Ok(0)
 }
@@ -591,9 +622,11 @@ fn update(store: &StateStore, a: &UpdateArgs) -> Result<i32> {
         Some(src) => {
             let data = if src == "-" {
                 let mut v = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).map_err(|e| RuntimeError::Io {
-                    context: "read resources from stdin".into(),
-                    source: e,
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).map_err(|e| {
+                    RuntimeError::Io {
+                        context: "read resources from stdin".into(),
+                        source: e,
+                    }
                 })?;
                 v
             } else {
@@ -699,7 +732,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
         _ => return Err(bad()),
     };
     if secs <= 0.0 {
-        return Err(RuntimeError::other("duration interval must be greater than 0"));
+        return Err(RuntimeError::other(
+            "duration interval must be greater than 0",
+        ));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
 }
@@ -761,14 +796,29 @@ mod tests {
         assert_eq!(parse_bytes("4096").unwrap(), 4096);
         assert_eq!(parse_bytes("-1").unwrap(), -1);
         assert!(parse_bytes("lots").is_err());
-        assert_eq!(parse_duration("5s").unwrap(), std::time::Duration::from_secs(5));
-        assert_eq!(parse_duration("100ms").unwrap(), std::time::Duration::from_millis(100));
+        assert_eq!(
+            parse_duration("5s").unwrap(),
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(
+            parse_duration("100ms").unwrap(),
+            std::time::Duration::from_millis(100)
+        );
         assert!(parse_duration("0s").is_err());
     }
 
     #[test]
     fn flags_may_follow_the_id() {
-        let c = Cli::try_parse_from(["orca-runtime", "create", "abc", "--bundle", "/b", "--pid-file", "/p"]).unwrap();
+        let c = Cli::try_parse_from([
+            "orca-runtime",
+            "create",
+            "abc",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+        ])
+        .unwrap();
         match c.command {
             Command::Create { args, .. } => {
                 assert_eq!(args.id, "abc");
@@ -776,13 +826,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let c = Cli::try_parse_from(["orca-runtime", "--root", "/r", "kill", "--all", "abc", "9"]).unwrap();
+        let c = Cli::try_parse_from(["orca-runtime", "--root", "/r", "kill", "--all", "abc", "9"])
+            .unwrap();
         assert_eq!(c.root, PathBuf::from("/r"));
         match c.command {
             Command::Kill { all, id, signal } => assert!(all && id == "abc" && signal == "9"),
             other => panic!("{other:?}"),
         }
-        let c = Cli::try_parse_from(["orca-runtime", "exec", "-t", "abc", "sh", "-c", "echo hi"]).unwrap();
+        let c = Cli::try_parse_from(["orca-runtime", "exec", "-t", "abc", "sh", "-c", "echo hi"])
+            .unwrap();
         match c.command {
             Command::Exec(a) => assert_eq!(a.command, vec!["sh", "-c", "echo hi"]),
             other => panic!("{other:?}"),
@@ -793,8 +845,18 @@ mod tests {
     fn table_has_runc_columns() {
         let t = tabulate(
             &["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"],
-            &[["a".into(), "1".into(), "running".into(), "/b".into(), "now".into(), "root".into()]],
+            &[[
+                "a".into(),
+                "1".into(),
+                "running".into(),
+                "/b".into(),
+                "now".into(),
+                "root".into(),
+            ]],
         );
-        assert!(t.starts_with("ID          PID         STATUS      BUNDLE      CREATED     OWNER\n"), "{t}");
+        assert!(
+            t.starts_with("ID          PID         STATUS      BUNDLE      CREATED     OWNER\n"),
+            "{t}"
+        );
     }
 }

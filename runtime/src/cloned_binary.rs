@@ -30,9 +30,8 @@ pub fn ensure_cloned() -> Result<()> {
     let mut exe = std::fs::File::open("/proc/self/exe").ctx(|| "open /proc/self/exe")?;
     let name = CString::new("orca-runtime").map_err(|e| RuntimeError::other(e.to_string()))?;
     // SAFETY: memfd_create with a valid C string; the returned fd is owned below.
-    let raw = unsafe {
-        libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-    };
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if raw < 0 {
         return Err(RuntimeError::Io {
             context: "memfd_create for the cloned runtime binary".into(),

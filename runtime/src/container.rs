@@ -130,7 +130,8 @@ fn spawn_and_supervise(
                 on_seccomp(pid.as_raw(), fd)?;
             }
             Msg::Ready => {
-                let init_pid = init_pid.ok_or_else(|| RuntimeError::other("ready before init pid"))?;
+                let init_pid =
+                    init_pid.ok_or_else(|| RuntimeError::other("ready before init pid"))?;
                 return Ok(Spawned { init_pid });
             }
             Msg::Error { msg } => return Err(RuntimeError::Init(msg)),
@@ -237,7 +238,9 @@ fn reject_unsupported(spec: &Spec) -> Result<()> {
         if p.exec_cpu_affinity().is_some() {
             return unsupported("process.execCPUAffinity");
         }
-        if p.apparmor_profile().as_deref().is_some_and(|a| !a.is_empty())
+        if p.apparmor_profile()
+            .as_deref()
+            .is_some_and(|a| !a.is_empty())
             && Path::new("/sys/kernel/security/apparmor").exists()
         {
             return unsupported("process.apparmorProfile");
@@ -249,8 +252,7 @@ fn reject_unsupported(spec: &Spec) -> Result<()> {
 /// `create`: everything up to a process waiting on the exec fifo. Returns the init pid.
 pub fn create(store: &StateStore, id: &str, opts: &CreateOptions) -> Result<i32> {
     crate::state::validate_id(id)?;
-    let bundle = std::fs::canonicalize(&opts.bundle)
-        .ctx(|| format!("bundle {:?}", opts.bundle))?;
+    let bundle = std::fs::canonicalize(&opts.bundle).ctx(|| format!("bundle {:?}", opts.bundle))?;
     let spec = crate::spec::load(&bundle)?;
     crate::spec::validate(&spec, true)?;
     reject_unsupported(&spec)?;
@@ -348,7 +350,11 @@ pub fn create(store: &StateStore, id: &str, opts: &CreateOptions) -> Result<i32>
             let mut st = state.clone();
             st.init_pid = pid;
             let s = st.hook_state(Status::Creating, pid);
-            crate::hooks::run_all("prestart", hooks.as_ref().and_then(|h| h.prestart().as_ref()), &s)?;
+            crate::hooks::run_all(
+                "prestart",
+                hooks.as_ref().and_then(|h| h.prestart().as_ref()),
+                &s,
+            )?;
             crate::hooks::run_all(
                 "createRuntime",
                 hooks.as_ref().and_then(|h| h.create_runtime().as_ref()),
@@ -357,7 +363,9 @@ pub fn create(store: &StateStore, id: &str, opts: &CreateOptions) -> Result<i32>
         },
         &mut |pid, fd| {
             let path = seccomp_listener.clone().ok_or_else(|| {
-                RuntimeError::Config("field linux.seccomp.listenerPath: needed for SCMP_ACT_NOTIFY".into())
+                RuntimeError::Config(
+                    "field linux.seccomp.listenerPath: needed for SCMP_ACT_NOTIFY".into(),
+                )
             })?;
             let mut st = state.clone();
             st.init_pid = pid;
@@ -440,7 +448,12 @@ pub fn start(store: &StateStore, id: &str) -> Result<()> {
         ));
     }
     std::fs::remove_file(&fifo_path).ctx(|| format!("remove {fifo_path:?}"))?;
-    if let Some(h) = state.spec.hooks().as_ref().and_then(|h| h.poststart().as_ref()) {
+    if let Some(h) = state
+        .spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.poststart().as_ref())
+    {
         let s = state.hook_state(Status::Running, state.init_pid);
         if let Err(e) = crate::hooks::run_all("poststart", Some(h), &s) {
             // As runc: a failing poststart hook stops the container.
@@ -466,7 +479,11 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
         return Signal::try_from(n).map_err(|_| bad());
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     name.parse::<Signal>().map_err(|_| bad())
 }
 
@@ -574,7 +591,10 @@ pub fn pause(store: &StateStore, id: &str) -> Result<()> {
         Status::Paused => return Ok(()),
         _ => return Err(RuntimeError::NotRunning),
     }
-    let paths = state.cgroup.clone().ok_or_else(|| RuntimeError::other("container has no cgroup"))?;
+    let paths = state
+        .cgroup
+        .clone()
+        .ok_or_else(|| RuntimeError::other("container has no cgroup"))?;
     CgroupManager::from_paths(paths).freeze()?;
     Ok(())
 }
@@ -584,23 +604,36 @@ pub fn resume(store: &StateStore, id: &str) -> Result<()> {
     if state.status(store) != Status::Paused {
         return Err(RuntimeError::other("container not paused"));
     }
-    let paths = state.cgroup.clone().ok_or_else(|| RuntimeError::other("container has no cgroup"))?;
+    let paths = state
+        .cgroup
+        .clone()
+        .ok_or_else(|| RuntimeError::other("container has no cgroup"))?;
     CgroupManager::from_paths(paths).thaw()?;
     Ok(())
 }
 
 pub fn pids(store: &StateStore, id: &str) -> Result<Vec<i32>> {
     let state = store.load(id)?;
-    let paths = state.cgroup.clone().ok_or_else(|| RuntimeError::other("container has no cgroup"))?;
+    let paths = state
+        .cgroup
+        .clone()
+        .ok_or_else(|| RuntimeError::other("container has no cgroup"))?;
     Ok(CgroupManager::from_paths(paths).pids()?)
 }
 
-pub fn update(store: &StateStore, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+pub fn update(
+    store: &StateStore,
+    id: &str,
+    resources: &oci_spec::runtime::LinuxResources,
+) -> Result<()> {
     let mut state = store.load(id)?;
     if state.status(store) == Status::Stopped {
         return Err(RuntimeError::NotRunning);
     }
-    let paths = state.cgroup.clone().ok_or_else(|| RuntimeError::other("container has no cgroup"))?;
+    let paths = state
+        .cgroup
+        .clone()
+        .ok_or_else(|| RuntimeError::other("container has no cgroup"))?;
     CgroupManager::from_paths(paths).apply(resources)?;
     if let Some(linux) = state.spec.linux_mut() {
         linux.set_resources(Some(resources.clone()));
@@ -618,7 +651,9 @@ pub fn exec(store: &StateStore, id: &str, process: &Process, opts: &ExecOptions)
         _ => return Err(RuntimeError::other("cannot exec in a stopped container")),
     }
     if process.args().as_ref().map_or(true, |a| a.is_empty()) {
-        return Err(RuntimeError::Config("field args: exec needs a command".into()));
+        return Err(RuntimeError::Config(
+            "field args: exec needs a command".into(),
+        ));
     }
     if process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
         return Err(RuntimeError::other(
@@ -660,7 +695,11 @@ pub fn exec(store: &StateStore, id: &str, process: &Process, opts: &ExecOptions)
         &plan,
         cgroup.as_ref(),
         &mut |_| Ok(()),
-        &mut |_, _| Err(RuntimeError::other("seccomp notify is not supported for exec")),
+        &mut |_, _| {
+            Err(RuntimeError::other(
+                "seccomp notify is not supported for exec",
+            ))
+        },
         &mut spawned_pid,
     );
     let spawned = match result {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 pub fn run_all(kind: &str, hooks: Option<&Vec<Hook>>, state: &[u8]) -> Result<()> {
     for (i, h) in hooks.into_iter().flatten().enumerate() {
-        run(h, state).map_err(|e| RuntimeError::Hook(format!("error running {kind} hook #{i}: {e}")))?;
+        run(h, state)
+            .map_err(|e| RuntimeError::Hook(format!("error running {kind} hook #{i}: {e}")))?;
     }
     Ok(())
 }
@@ -27,7 +28,9 @@ fn run(h: &Hook, state: &[u8]) -> std::result::Result<(), String> {
             cmd.env(k, v);
         }
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("{:?}: {e}", h.path()))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin must not make us fail.
@@ -44,7 +47,10 @@ fn run(h: &Hook, state: &[u8]) -> std::result::Result<(), String> {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(format!("timeout after {} seconds", h.timeout().unwrap_or(0)));
+                    return Err(format!(
+                        "timeout after {} seconds",
+                        h.timeout().unwrap_or(0)
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }

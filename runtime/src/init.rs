@@ -50,7 +50,9 @@ pub fn child_main(cfg: InitConfig, sync: Channel) -> ! {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let _ = sync.send(&Msg::Error { msg: err.to_string() });
+    let _ = sync.send(&Msg::Error {
+        msg: err.to_string(),
+    });
     // SAFETY: _exit is always safe; it skips destructors of a process that must just end.
     unsafe { libc::_exit(1) }
 }
@@ -71,7 +73,9 @@ fn run(cfg: &InitConfig, sync: &Channel) -> Result<Never> {
             unshare(new).ctx(|| format!("unshare({new:?})"))?;
         }
         if cfg.namespaces.creates(LinuxNamespaceType::User) {
-            sync.send(&Msg::MapIds { pid: std::process::id() as i32 })?;
+            sync.send(&Msg::MapIds {
+                pid: std::process::id() as i32,
+            })?;
             sync.expect(&Msg::Mapped)?;
         }
         if cfg.namespaces.has(LinuxNamespaceType::Pid) {
@@ -79,14 +83,18 @@ fn run(cfg: &InitConfig, sync: &Channel) -> Result<Never> {
             // SAFETY: the runtime is single-threaded, so the child may run arbitrary code.
             match unsafe { nix::unistd::fork() }.ctx(|| "fork into the pid namespace")? {
                 nix::unistd::ForkResult::Parent { child } => {
-                    sync.send(&Msg::InitPid { pid: child.as_raw() })?;
+                    sync.send(&Msg::InitPid {
+                        pid: child.as_raw(),
+                    })?;
                     // SAFETY: see child_main.
                     unsafe { libc::_exit(0) }
                 }
                 nix::unistd::ForkResult::Child => {}
             }
         } else {
-            sync.send(&Msg::InitPid { pid: std::process::id() as i32 })?;
+            sync.send(&Msg::InitPid {
+                pid: std::process::id() as i32,
+            })?;
         }
     }
     let in_user_ns = cfg.namespaces.has(LinuxNamespaceType::User);
@@ -207,7 +215,11 @@ fn run(cfg: &InitConfig, sync: &Channel) -> Result<Never> {
     sync.send(&Msg::Ready)?;
     if let InitKind::Container { fifo, .. } = cfg.kind {
         wait_for_start(fifo)?;
-        if let Some(h) = spec.hooks().as_ref().and_then(|h| h.start_container().as_ref()) {
+        if let Some(h) = spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.start_container().as_ref())
+        {
             let state = hook_state(cfg, "created", host_pid);
             crate::hooks::run_all("startContainer", Some(h), &state)?;
         }
@@ -236,7 +248,8 @@ fn hook_state(cfg: &InitConfig, status: &str, pid: i32) -> Vec<u8> {
 }
 
 fn cstring(b: &[u8]) -> Result<CString> {
-    CString::new(b).map_err(|_| RuntimeError::Config("an argument or env var contains a NUL byte".into()))
+    CString::new(b)
+        .map_err(|_| RuntimeError::Config("an argument or env var contains a NUL byte".into()))
 }
 
 /// Block until `start` opens the exec fifo for reading, then tell it we proceed.
@@ -253,9 +266,17 @@ fn wait_for_start(fifo: RawFd) -> Result<()> {
 }
 
 fn apply_sysctl(spec: &Spec) -> Result<()> {
-    for (k, v) in spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()).into_iter().flatten() {
+    for (k, v) in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
         if k.contains("..") || k.contains('/') && k.contains('.') && k.starts_with('/') {
-            return Err(RuntimeError::Config(format!("field linux.sysctl: invalid key {k:?}")));
+            return Err(RuntimeError::Config(format!(
+                "field linux.sysctl: invalid key {k:?}"
+            )));
         }
         let p = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
         std::fs::write(&p, v).ctx(|| format!("set sysctl {k}={v}"))?;
@@ -314,7 +335,10 @@ fn rlimit_resource(t: PosixRlimitType) -> Option<libc::__rlimit_resource_t> {
 fn apply_rlimits(process: &Process) -> Result<()> {
     for r in process.rlimits().iter().flatten() {
         let res = rlimit_resource(r.typ()).ok_or_else(|| {
-            RuntimeError::Config(format!("field process.rlimits: unsupported type {}", r.typ()))
+            RuntimeError::Config(format!(
+                "field process.rlimits: unsupported type {}",
+                r.typ()
+            ))
         })?;
         let lim = libc::rlimit {
             rlim_cur: r.soft(),
@@ -336,12 +360,29 @@ fn finalize_process(cfg: &InitConfig, process: &Process, in_user_ns: bool) -> Re
     // Every descriptor past stdio and the preserved ones is closed at exec.
     let first = 3 + cfg.preserve_fds.max(0) as u32;
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on our own descriptors.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if r < 0 {
-        for entry in std::fs::read_dir("/proc/self/fd").ctx(|| "list /proc/self/fd")?.flatten() {
-            if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) {
+        for entry in std::fs::read_dir("/proc/self/fd")
+            .ctx(|| "list /proc/self/fd")?
+            .flatten()
+        {
+            if let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            {
                 if fd >= first as i32 {
-                    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+                    let _ = nix::fcntl::fcntl(
+                        fd,
+                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                    );
                 }
             }
         }
@@ -380,7 +421,9 @@ fn finalize_process(cfg: &InitConfig, process: &Process, in_user_ns: bool) -> Re
         Ok(_) => {}
         Err(e) => {
             return Err(RuntimeError::Sys {
-                context: format!("current working directory {cwd:?} is outside of the container root"),
+                context: format!(
+                    "current working directory {cwd:?} is outside of the container root"
+                ),
                 source: e,
             })
         }
@@ -409,7 +452,8 @@ fn process_env(process: &Process) -> Vec<String> {
             .and_then(|p| {
                 p.lines().find_map(|l| {
                     let f: Vec<&str> = l.split(':').collect();
-                    (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_string())
+                    (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid))
+                        .then(|| f[5].to_string())
                 })
             })
             .unwrap_or_else(|| "/".into());
@@ -479,14 +523,15 @@ pub fn write_id_maps(pid: Pid, spec: &Spec) -> Result<()> {
     let uid = fmt(linux.map(|l| l.uid_mappings()).unwrap_or(&None));
     let gid = fmt(linux.map(|l| l.gid_mappings()).unwrap_or(&None));
     if !nix::unistd::geteuid().is_root() {
-        std::fs::write(format!("/proc/{pid}/setgroups"), "deny")
-            .ctx(|| "write setgroups deny")?;
+        std::fs::write(format!("/proc/{pid}/setgroups"), "deny").ctx(|| "write setgroups deny")?;
     }
     if !uid.is_empty() {
-        std::fs::write(format!("/proc/{pid}/uid_map"), &uid).ctx(|| format!("write uid_map {uid:?}"))?;
+        std::fs::write(format!("/proc/{pid}/uid_map"), &uid)
+            .ctx(|| format!("write uid_map {uid:?}"))?;
     }
     if !gid.is_empty() {
-        std::fs::write(format!("/proc/{pid}/gid_map"), &gid).ctx(|| format!("write gid_map {gid:?}"))?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), &gid)
+            .ctx(|| format!("write gid_map {gid:?}"))?;
     }
     Ok(())
 }
@@ -498,8 +543,13 @@ mod tests {
     #[test]
     fn lookup_follows_path_and_reports_like_runc() {
         let env = vec!["PATH=/nonexistent:/bin".to_string()];
-        assert_eq!(lookup_executable("sh", &env).unwrap(), PathBuf::from("/bin/sh"));
-        let e = lookup_executable("no-such-cmd-xyz", &env).unwrap_err().to_string();
+        assert_eq!(
+            lookup_executable("sh", &env).unwrap(),
+            PathBuf::from("/bin/sh")
+        );
+        let e = lookup_executable("no-such-cmd-xyz", &env)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("executable file not found in $PATH"), "{e}");
         let e = lookup_executable("/no/such", &env).unwrap_err().to_string();
         assert!(e.contains("no such file or directory"), "{e}");

@@ -32,14 +32,16 @@ impl Visit for MsgVisitor {
         if field.name() == "message" {
             self.msg.push_str(value);
         } else {
-            self.extra.push((field.name().to_string(), value.to_string()));
+            self.extra
+                .push((field.name().to_string(), value.to_string()));
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
             let _ = write!(self.msg, "{value:?}");
         } else {
-            self.extra.push((field.name().to_string(), format!("{value:?}")));
+            self.extra
+                .push((field.name().to_string(), format!("{value:?}")));
         }
     }
 }

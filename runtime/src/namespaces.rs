@@ -95,8 +95,10 @@ impl NamespacePlan {
     pub fn join_process(pid: i32, types: &[LinuxNamespaceType]) -> Self {
         let mut plan = NamespacePlan::default();
         for t in types {
-            plan.join
-                .push((*t, PathBuf::from(format!("/proc/{pid}/ns/{}", proc_name(*t)))));
+            plan.join.push((
+                *t,
+                PathBuf::from(format!("/proc/{pid}/ns/{}", proc_name(*t))),
+            ));
         }
         plan.join.sort_by_key(|(t, _)| join_rank(*t));
         plan

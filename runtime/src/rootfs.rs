@@ -9,7 +9,7 @@ use crate::cgroups::{CgroupMode, CgroupPaths};
 use crate::error::{Context, Result, RuntimeError};
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{mknod, makedev, Mode, SFlag};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, chown, fchdir, pivot_root, Gid, Uid};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 use std::os::unix::fs::symlink;
@@ -122,7 +122,8 @@ pub fn parse_options(options: &[String]) -> Result<MountOptions> {
             }
             "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
             | "runbindable" => {
-                o.propagation.push(propagation_flag(opt).unwrap_or(MsFlags::MS_PRIVATE));
+                o.propagation
+                    .push(propagation_flag(opt).unwrap_or(MsFlags::MS_PRIVATE));
                 continue;
             }
             "tmpcopyup" | "idmap" | "ridmap" => {
@@ -218,7 +219,11 @@ pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> Result<()> {
     if dev_is_mounted {
         create_default_devices(ctx.rootfs, ctx.in_user_ns)?;
     }
-    for d in linux.and_then(|l| l.devices().as_ref()).into_iter().flatten() {
+    for d in linux
+        .and_then(|l| l.devices().as_ref())
+        .into_iter()
+        .flatten()
+    {
         create_device(ctx.rootfs, d, ctx.in_user_ns)?;
     }
     if dev_is_mounted {
@@ -250,8 +255,14 @@ fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
         }
     }
     if let Some((mp, true)) = best {
-        mount(None::<&str>, &mp, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
-            .ctx(|| format!("make {mp:?} private"))?;
+        mount(
+            None::<&str>,
+            &mp,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .ctx(|| format!("make {mp:?} private"))?;
     }
     Ok(())
 }
@@ -280,7 +291,11 @@ fn mount_one(m: &Mount, ctx: &RootfsContext) -> Result<()> {
     let dest = secure_join(ctx.rootfs, m.destination())?;
     let is_bind = typ == "bind" || opts.flags.contains(MsFlags::MS_BIND);
     let data = opts.data.join(",");
-    let data_opt = if data.is_empty() { None } else { Some(data.as_str()) };
+    let data_opt = if data.is_empty() {
+        None
+    } else {
+        Some(data.as_str())
+    };
 
     if is_bind {
         let src = m.source().as_ref().ok_or_else(|| {
@@ -313,7 +328,13 @@ fn mount_one(m: &Mount, ctx: &RootfsContext) -> Result<()> {
                     .as_ref()
                     .map(|p| p.as_os_str().to_os_string())
                     .unwrap_or_else(|| typ.into());
-                let r = mount(Some(source.as_os_str()), &dest, Some(typ), opts.flags, data_opt);
+                let r = mount(
+                    Some(source.as_os_str()),
+                    &dest,
+                    Some(typ),
+                    opts.flags,
+                    data_opt,
+                );
                 match r {
                     Err(nix::Error::EPERM) | Err(nix::Error::EBUSY)
                         if typ == "sysfs" && ctx.in_user_ns =>
@@ -331,11 +352,21 @@ fn mount_one(m: &Mount, ctx: &RootfsContext) -> Result<()> {
                         remount_bind(&dest, opts.flags, true)?;
                     }
                     Err(nix::Error::EINVAL) if typ == "mqueue" && ctx.in_user_ns => {
-                        mount(Some("/dev/mqueue"), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                            .ctx(|| format!("bind /dev/mqueue on {dest:?}"))?;
+                        mount(
+                            Some("/dev/mqueue"),
+                            &dest,
+                            None::<&str>,
+                            MsFlags::MS_BIND,
+                            None::<&str>,
+                        )
+                        .ctx(|| format!("bind /dev/mqueue on {dest:?}"))?;
                     }
                     other => other.ctx(|| {
-                        format!("mount {typ} on {:?} (options {:?})", m.destination(), m.options())
+                        format!(
+                            "mount {typ} on {:?} (options {:?})",
+                            m.destination(),
+                            m.options()
+                        )
                     })?,
                 }
             }
@@ -405,8 +436,14 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
     };
     if paths.mode == CgroupMode::V2 {
         if ctx.cgroup_ns {
-            mount(Some("cgroup2"), dest, Some("cgroup2"), base | ro, None::<&str>)
-                .ctx(|| format!("mount cgroup2 on {dest:?}"))?;
+            mount(
+                Some("cgroup2"),
+                dest,
+                Some("cgroup2"),
+                base | ro,
+                None::<&str>,
+            )
+            .ctx(|| format!("mount cgroup2 on {dest:?}"))?;
         } else if let Some(p) = paths.paths.get("unified") {
             mount(Some(p), dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
                 .ctx(|| format!("bind {p:?} on {dest:?}"))?;
@@ -414,22 +451,22 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
         }
         return Ok(());
     }
-    mount(
-        Some("tmpfs"),
-        dest,
-        Some("tmpfs"),
-        base,
-        Some("mode=755"),
-    )
-    .ctx(|| format!("mount tmpfs for cgroups on {dest:?}"))?;
+    mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))
+        .ctx(|| format!("mount tmpfs for cgroups on {dest:?}"))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for (name, host_dir) in &paths.paths {
         // The directory name as the host mounts it ("cpu,cpuacct" for co-mounted controllers).
         let mount_name = hierarchy_dir_name(&mountinfo, host_dir).unwrap_or_else(|| name.clone());
         let target = dest.join(&mount_name);
         mkdir_all(&target)?;
-        mount(Some(host_dir), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .ctx(|| format!("bind cgroup {host_dir:?} on {target:?}"))?;
+        mount(
+            Some(host_dir),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .ctx(|| format!("bind cgroup {host_dir:?} on {target:?}"))?;
         remount_bind(&target, base | ro, ctx.in_user_ns)?;
         if mount_name.contains(',') {
             for part in mount_name.split(',') {
@@ -485,12 +522,36 @@ struct DefaultDevice {
 }
 
 const DEFAULT_DEVICES: &[DefaultDevice] = &[
-    DefaultDevice { path: "null", major: 1, minor: 3 },
-    DefaultDevice { path: "zero", major: 1, minor: 5 },
-    DefaultDevice { path: "full", major: 1, minor: 7 },
-    DefaultDevice { path: "random", major: 1, minor: 8 },
-    DefaultDevice { path: "urandom", major: 1, minor: 9 },
-    DefaultDevice { path: "tty", major: 5, minor: 0 },
+    DefaultDevice {
+        path: "null",
+        major: 1,
+        minor: 3,
+    },
+    DefaultDevice {
+        path: "zero",
+        major: 1,
+        minor: 5,
+    },
+    DefaultDevice {
+        path: "full",
+        major: 1,
+        minor: 7,
+    },
+    DefaultDevice {
+        path: "random",
+        major: 1,
+        minor: 8,
+    },
+    DefaultDevice {
+        path: "urandom",
+        major: 1,
+        minor: 9,
+    },
+    DefaultDevice {
+        path: "tty",
+        major: 5,
+        minor: 0,
+    },
 ];
 
 fn create_default_devices(rootfs: &Path, in_user_ns: bool) -> Result<()> {
@@ -511,13 +572,29 @@ fn make_node(p: &Path, kind: SFlag, mode: u32, major: u64, minor: u64, bind: boo
     if bind {
         // In a user namespace mknod is not allowed: bind-mount the host's node instead.
         ensure_file(p)?;
-        let host = format!("/dev/{}", p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-        return mount(Some(host.as_str()), p, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .ctx(|| format!("bind {host} on {p:?}"));
+        let host = format!(
+            "/dev/{}",
+            p.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
+        return mount(
+            Some(host.as_str()),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .ctx(|| format!("bind {host} on {p:?}"));
     }
     let _ = std::fs::remove_file(p);
-    mknod(p, kind, Mode::from_bits_truncate(mode), makedev(major, minor))
-        .ctx(|| format!("mknod {p:?}"))
+    mknod(
+        p,
+        kind,
+        Mode::from_bits_truncate(mode),
+        makedev(major, minor),
+    )
+    .ctx(|| format!("mknod {p:?}"))
 }
 
 fn create_device(rootfs: &Path, d: &LinuxDevice, in_user_ns: bool) -> Result<()> {
@@ -589,14 +666,24 @@ fn dev_symlinks(rootfs: &Path) -> Result<()> {
 pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     if no_pivot {
         chdir(rootfs).ctx(|| format!("chdir {rootfs:?}"))?;
-        mount(Some(rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .ctx(|| "move rootfs to /")?;
+        mount(
+            Some(rootfs),
+            "/",
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .ctx(|| "move rootfs to /")?;
         nix::unistd::chroot(".").ctx(|| "chroot")?;
         chdir("/").ctx(|| "chdir /")?;
         return Ok(());
     }
-    let oldroot = open("/", OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .ctx(|| "open /")?;
+    let oldroot = open(
+        "/",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "open /")?;
     let newroot = open(
         rootfs,
         OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
@@ -626,10 +713,18 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
 /// After pivot_root: read-only paths, masked paths, then (last) a read-only root.
 pub fn finalize(spec: &Spec, in_user_ns: bool) -> Result<()> {
     let linux = spec.linux().as_ref();
-    for p in linux.and_then(|l| l.readonly_paths().as_ref()).into_iter().flatten() {
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
         readonly_path(Path::new(p), in_user_ns)?;
     }
-    for p in linux.and_then(|l| l.masked_paths().as_ref()).into_iter().flatten() {
+    for p in linux
+        .and_then(|l| l.masked_paths().as_ref())
+        .into_iter()
+        .flatten()
+    {
         mask_path(Path::new(p))?;
     }
     if let Some(propagation) = linux
@@ -639,24 +734,34 @@ pub fn finalize(spec: &Spec, in_user_ns: bool) -> Result<()> {
         mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
             .ctx(|| "set rootfs propagation")?;
     }
-    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
-        remount_bind(Path::new("/"), MsFlags::MS_RDONLY, in_user_ns)
-            .or_else(|_| {
-                mount(
-                    None::<&str>,
-                    "/",
-                    None::<&str>,
-                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-                    None::<&str>,
-                )
-                .ctx(|| "remount / read-only")
-            })?;
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        remount_bind(Path::new("/"), MsFlags::MS_RDONLY, in_user_ns).or_else(|_| {
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .ctx(|| "remount / read-only")
+        })?;
     }
     Ok(())
 }
 
 fn readonly_path(p: &Path, in_user_ns: bool) -> Result<()> {
-    match mount(Some(p), p, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
+    match mount(
+        Some(p),
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
         Err(nix::Error::ENOENT) => return Ok(()),
         r => r.ctx(|| format!("bind readonly path {p:?}"))?,
     }
@@ -664,13 +769,25 @@ fn readonly_path(p: &Path, in_user_ns: bool) -> Result<()> {
 }
 
 fn mask_path(p: &Path) -> Result<()> {
-    match mount(Some("/dev/null"), p, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+    match mount(
+        Some("/dev/null"),
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
         Ok(()) => Ok(()),
         Err(nix::Error::ENOENT) => Ok(()),
         Err(nix::Error::ENOTDIR) => {
             // A directory: hide it under an empty read-only tmpfs.
-            mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>)
-                .ctx(|| format!("mask {p:?}"))
+            mount(
+                Some("tmpfs"),
+                p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .ctx(|| format!("mask {p:?}"))
         }
         Err(e) => Err(e).ctx(|| format!("mask {p:?}")),
     }
@@ -690,17 +807,38 @@ mod tests {
         symlink("b", root.join("a/rel")).unwrap();
         symlink("loop2", root.join("loop1")).unwrap();
         symlink("loop1", root.join("loop2")).unwrap();
-        assert_eq!(secure_join(root, Path::new("/a/abs/x")).unwrap(), root.join("etc/x"));
-        assert_eq!(secure_join(root, Path::new("/a/up/etc")).unwrap(), root.join("etc"));
-        assert_eq!(secure_join(root, Path::new("/a/rel/c")).unwrap(), root.join("a/b/c"));
-        assert_eq!(secure_join(root, Path::new("/../../x")).unwrap(), root.join("x"));
+        assert_eq!(
+            secure_join(root, Path::new("/a/abs/x")).unwrap(),
+            root.join("etc/x")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/a/up/etc")).unwrap(),
+            root.join("etc")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/a/rel/c")).unwrap(),
+            root.join("a/b/c")
+        );
+        assert_eq!(
+            secure_join(root, Path::new("/../../x")).unwrap(),
+            root.join("x")
+        );
         assert!(secure_join(root, Path::new("/loop1")).is_err());
     }
 
     #[test]
     fn options() {
-        let o = parse_options(&["ro".into(), "nosuid".into(), "mode=755".into(), "rbind".into(), "rslave".into()]).unwrap();
-        assert!(o.flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_BIND | MsFlags::MS_REC));
+        let o = parse_options(&[
+            "ro".into(),
+            "nosuid".into(),
+            "mode=755".into(),
+            "rbind".into(),
+            "rslave".into(),
+        ])
+        .unwrap();
+        assert!(o.flags.contains(
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_BIND | MsFlags::MS_REC
+        ));
         assert_eq!(o.data, vec!["mode=755".to_string()]);
         assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
         let o = parse_options(&["ro".into(), "rw".into()]).unwrap();
@@ -710,7 +848,8 @@ mod tests {
 
     #[test]
     fn hierarchy_names() {
-        let mi = "35 25 0:30 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n\
+        let mi =
+            "35 25 0:30 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n\
                   36 25 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
         assert_eq!(
             hierarchy_dir_name(mi, Path::new("/sys/fs/cgroup/cpu,cpuacct/x/y")).as_deref(),

@@ -12,9 +12,8 @@ pub const OCI_VERSION: &str = "1.0.2";
 /// field (`process.user.uid: invalid type: ...`).
 pub fn load(bundle: &Path) -> Result<Spec> {
     let path = bundle.join("config.json");
-    let data = std::fs::read(&path).map_err(|e| {
-        RuntimeError::Config(format!("cannot read {}: {e}", path.display()))
-    })?;
+    let data = std::fs::read(&path)
+        .map_err(|e| RuntimeError::Config(format!("cannot read {}: {e}", path.display())))?;
     parse(&data)
 }
 
@@ -93,17 +92,26 @@ pub fn validate(spec: &Spec, for_create: bool) -> Result<()> {
             .flatten()
             .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
         if user_new && !has_maps {
-            return bad("field linux.uidMappings: a new user namespace needs uid and gid mappings".into());
+            return bad(
+                "field linux.uidMappings: a new user namespace needs uid and gid mappings".into(),
+            );
         }
         if has_maps && !has(LinuxNamespaceType::User) {
             return bad("field linux.uidMappings: mappings need a user namespace".into());
         }
-        if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts) {
-            return bad("field hostname: unable to set hostname without a private UTS namespace".into());
+        if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !has(LinuxNamespaceType::Uts)
+        {
+            return bad(
+                "field hostname: unable to set hostname without a private UTS namespace".into(),
+            );
         }
         if let Some(p) = linux.cgroups_path() {
-            if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return bad(format!("field linux.cgroupsPath: {p:?} must not contain '..'"));
+            if p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return bad(format!(
+                    "field linux.cgroupsPath: {p:?} must not contain '..'"
+                ));
             }
         }
     } else if for_create {
@@ -184,7 +192,13 @@ pub fn default_spec(rootless: bool) -> serde_json::Value {
         if let Some(arr) = mounts.as_array_mut() {
             for m in arr.iter_mut() {
                 if m["type"] == "devpts" {
-                    m["options"] = serde_json::json!(["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]);
+                    m["options"] = serde_json::json!([
+                        "nosuid",
+                        "noexec",
+                        "newinstance",
+                        "ptmxmode=0666",
+                        "mode=0620"
+                    ]);
                 }
                 if m["type"] == "mqueue" {
                     *m = serde_json::json!({"destination": "/dev/mqueue", "type": "bind", "source": "/dev/mqueue", "options": ["rbind", "nosuid", "noexec", "nodev"]});

@@ -236,7 +236,11 @@ impl ContainerState {
         StateReport {
             oci_version: crate::spec::OCI_VERSION.into(),
             id: self.id.clone(),
-            pid: if status == Status::Stopped { 0 } else { self.init_pid },
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.init_pid
+            },
             status: status.to_string(),
             bundle: self.bundle.clone(),
             rootfs: self.rootfs.clone(),

@@ -17,12 +17,18 @@ pub enum Msg {
     Go,
     /// child → runtime: write the uid/gid maps of the sending process (it just unshared a user
     /// namespace); the runtime answers `Mapped`.
-    MapIds { pid: i32 },
+    MapIds {
+        pid: i32,
+    },
     Mapped,
     /// child → runtime: the container's init has this pid in the runtime's namespace.
-    InitPid { pid: i32 },
+    InitPid {
+        pid: i32,
+    },
     /// runtime → init: the init's pid as the runtime sees it (for hook state).
-    HostPid { pid: i32 },
+    HostPid {
+        pid: i32,
+    },
     /// init → runtime: mounts are done; run prestart and createRuntime hooks now.
     RunCreateHooks,
     HooksDone,
@@ -32,7 +38,9 @@ pub enum Msg {
     /// process now (exec).
     Ready,
     /// either way: setup failed.
-    Error { msg: String },
+    Error {
+        msg: String,
+    },
 }
 
 pub struct Channel {
@@ -71,8 +79,14 @@ impl Channel {
             }
             None => vec![],
         };
-        sendmsg::<()>(self.fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-            .ctx(|| format!("send {msg:?} on init sync socket"))?;
+        sendmsg::<()>(
+            self.fd.as_raw_fd(),
+            &iov,
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .ctx(|| format!("send {msg:?} on init sync socket"))?;
         Ok(())
     }
 

@@ -5,7 +5,9 @@ use crate::error::{Context, Result, RuntimeError};
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, MsFlags};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-use nix::sys::socket::{connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+};
 use nix::sys::stat::Mode;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -13,8 +15,13 @@ use std::path::Path;
 
 /// Connect to the console socket (done before the container's namespaces hide the path).
 pub fn connect_console_socket(path: &Path) -> Result<OwnedFd> {
-    let sock = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .ctx(|| "console socket")?;
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ctx(|| "console socket")?;
     let addr = UnixAddr::new(path).ctx(|| format!("console socket path {path:?}"))?;
     connect(sock.as_raw_fd(), &addr).ctx(|| format!("connect to console socket {path:?}"))?;
     Ok(sock)
@@ -51,8 +58,14 @@ pub fn setup_console(socket: RawFd, mount_console: bool) -> Result<()> {
     let name = slave_name.as_bytes();
     let iov = [IoSlice::new(name)];
     let fds = [master.as_raw_fd()];
-    sendmsg::<()>(socket, &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .ctx(|| "send pty master to console socket")?;
+    sendmsg::<()>(
+        socket,
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .ctx(|| "send pty master to console socket")?;
     drop(master);
     nix::unistd::setsid().ctx(|| "setsid")?;
     // SAFETY: TIOCSCTTY on a pty slave we own; no memory is passed.

@@ -138,10 +138,12 @@ fn dev_number(n: Option<i64>, what: &str) -> Result<Option<u32>, CgroupError> {
     match n {
         None => Ok(None),
         Some(v) if v < 0 => Ok(None), // -1 is used for "*" by some tools
-        Some(v) => u32::try_from(v).map(Some).map_err(|_| CgroupError::InvalidValue {
-            what: format!("device {what} {v}"),
-            reason: "out of range".into(),
-        }),
+        Some(v) => u32::try_from(v)
+            .map(Some)
+            .map_err(|_| CgroupError::InvalidValue {
+                what: format!("device {what} {v}"),
+                reason: "out of range".into(),
+            }),
     }
 }
 
@@ -670,7 +672,13 @@ mod tests {
         assert!(!run(&prog, DEVCG_DEV_BLOCK, ACC_READ, 8, 16));
 
         // Default allow with a partial deny: any overlap is refused.
-        let prog = compile(&emulate(&[rule(false, DevType::Char, Some(1), Some(3), "w")]));
+        let prog = compile(&emulate(&[rule(
+            false,
+            DevType::Char,
+            Some(1),
+            Some(3),
+            "w",
+        )]));
         assert!(run(&prog, DEVCG_DEV_CHAR, ACC_READ, 1, 3));
         assert!(!run(&prog, DEVCG_DEV_CHAR, rw, 1, 3));
         assert!(run(&prog, DEVCG_DEV_CHAR, rw, 1, 5));

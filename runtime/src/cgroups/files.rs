@@ -69,14 +69,15 @@ pub(crate) fn parse_u64(path: &Path, text: &str) -> Result<u64, CgroupError> {
     if t == "max" {
         return Ok(u64::MAX);
     }
-    t.parse::<u64>().or_else(|_| {
-        // v1 reports some values (e.g. a -1 written limit) as negative numbers.
-        t.parse::<i64>().map(|v| if v < 0 { 0 } else { v as u64 })
-    })
-    .map_err(|e| CgroupError::Parse {
-        path: path.to_path_buf(),
-        msg: format!("{t:?} is not a number: {e}"),
-    })
+    t.parse::<u64>()
+        .or_else(|_| {
+            // v1 reports some values (e.g. a -1 written limit) as negative numbers.
+            t.parse::<i64>().map(|v| if v < 0 { 0 } else { v as u64 })
+        })
+        .map_err(|e| CgroupError::Parse {
+            path: path.to_path_buf(),
+            msg: format!("{t:?} is not a number: {e}"),
+        })
 }
 
 pub(crate) fn read_u64(dir: &Path, file: &str) -> Result<u64, CgroupError> {

@@ -142,7 +142,7 @@ impl CgroupPaths {
     pub fn unique_dirs(&self) -> Vec<&Path> {
         let mut dirs: Vec<&Path> = Vec::new();
         for p in self.paths.values() {
-            if !dirs.iter().any(|d| *d == p.as_path()) {
+            if !dirs.contains(&p.as_path()) {
                 dirs.push(p.as_path());
             }
         }
@@ -290,9 +290,7 @@ impl CgroupManager {
             CgroupMode::V1 | CgroupMode::Hybrid => {
                 OomNotifier::new_v1(self.require("memory", "OOM notifications")?)
             }
-            CgroupMode::V2 => {
-                OomNotifier::new_v2(self.require(UNIFIED_KEY, "OOM notifications")?)
-            }
+            CgroupMode::V2 => OomNotifier::new_v2(self.require(UNIFIED_KEY, "OOM notifications")?),
         }
     }
 
@@ -364,19 +362,21 @@ impl CgroupManager {
     }
 
     fn require(&self, key: &str, what: &str) -> Result<&Path, CgroupError> {
-        self.paths.get(key).ok_or_else(|| CgroupError::NotAvailable {
-            what: what.to_string(),
-            reason: format!("the {key} cgroup hierarchy is not mounted"),
-        })
+        self.paths
+            .get(key)
+            .ok_or_else(|| CgroupError::NotAvailable {
+                what: what.to_string(),
+                reason: format!("the {key} cgroup hierarchy is not mounted"),
+            })
     }
 
     fn freezer_dir(&self) -> Result<Freezer<'_>, CgroupError> {
         match self.paths.mode {
-            CgroupMode::V1 | CgroupMode::Hybrid => Ok(Freezer::V1(
-                self.paths.get("freezer").ok_or_else(|| {
+            CgroupMode::V1 | CgroupMode::Hybrid => {
+                Ok(Freezer::V1(self.paths.get("freezer").ok_or_else(|| {
                     CgroupError::Unsupported("the v1 freezer hierarchy is not mounted".into())
-                })?,
-            )),
+                })?))
+            }
             CgroupMode::V2 => Ok(Freezer::V2(self.require(UNIFIED_KEY, "freezer")?)),
         }
     }
@@ -488,9 +488,18 @@ mod tests {
     #[test]
     fn unique_dirs_dedups_comounted() {
         let mut paths = BTreeMap::new();
-        paths.insert("cpu".to_string(), PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/x"));
-        paths.insert("cpuacct".to_string(), PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/x"));
-        paths.insert("memory".to_string(), PathBuf::from("/sys/fs/cgroup/memory/x"));
+        paths.insert(
+            "cpu".to_string(),
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/x"),
+        );
+        paths.insert(
+            "cpuacct".to_string(),
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/x"),
+        );
+        paths.insert(
+            "memory".to_string(),
+            PathBuf::from("/sys/fs/cgroup/memory/x"),
+        );
         let p = CgroupPaths {
             mode: CgroupMode::V1,
             paths,
@@ -506,6 +515,9 @@ mod tests {
             source: std::io::Error::from_raw_os_error(libc::EINVAL),
         };
         let s = e.to_string();
-        assert!(s.contains("memory.limit_in_bytes") && s.contains("\"100\""), "{s}");
+        assert!(
+            s.contains("memory.limit_in_bytes") && s.contains("\"100\""),
+            "{s}"
+        );
     }
 }

@@ -259,9 +259,8 @@ pub fn compute_paths(
         } else {
             HYBRID_UNIFIED_ROOT
         };
-        let m = v2_mount(&mounts, Path::new(preferred)).ok_or_else(|| {
-            CgroupError::Unsupported("no cgroup2 filesystem is mounted".into())
-        })?;
+        let m = v2_mount(&mounts, Path::new(preferred))
+            .ok_or_else(|| CgroupError::Unsupported("no cgroup2 filesystem is mounted".into()))?;
         let own_path = own
             .iter()
             .find(|e| e.hierarchy_id == 0 && e.controllers.is_empty())
@@ -315,14 +314,15 @@ mod tests {
         assert_eq!(m[2].super_options, "rw,cpu");
         let h = v1_hierarchies(&m);
         assert_eq!(h.len(), 9);
-        assert!(h.iter().any(|h| h.controllers == vec!["name=systemd".to_string()]));
+        assert!(h
+            .iter()
+            .any(|h| h.controllers == vec!["name=systemd".to_string()]));
     }
 
     #[test]
     fn unescapes_mount_points() {
-        let m = parse_mountinfo(
-            "50 31 0:40 / /mnt/my\\040cgroup rw - cgroup cgroup rw,cpu,cpuacct\n",
-        );
+        let m =
+            parse_mountinfo("50 31 0:40 / /mnt/my\\040cgroup rw - cgroup cgroup rw,cpu,cpuacct\n");
         assert_eq!(m[0].mount_point, PathBuf::from("/mnt/my cgroup"));
         let h = v1_hierarchies(&m);
         assert_eq!(h[0].controllers, vec!["cpu", "cpuacct"]);
@@ -351,11 +351,23 @@ mod tests {
             "c1",
         )
         .unwrap();
-        assert_eq!(p.paths["memory"], PathBuf::from("/sys/fs/cgroup/memory/orca/c1"));
+        assert_eq!(
+            p.paths["memory"],
+            PathBuf::from("/sys/fs/cgroup/memory/orca/c1")
+        );
         assert_eq!(p.paths["cpu"], PathBuf::from("/sys/fs/cgroup/cpu/orca/c1"));
-        assert_eq!(p.paths["cpuacct"], PathBuf::from("/sys/fs/cgroup/cpuacct/orca/c1"));
-        assert_eq!(p.paths["systemd"], PathBuf::from("/sys/fs/cgroup/systemd/orca/c1"));
-        assert_eq!(p.paths["unified"], PathBuf::from("/sys/fs/cgroup/unified/orca/c1"));
+        assert_eq!(
+            p.paths["cpuacct"],
+            PathBuf::from("/sys/fs/cgroup/cpuacct/orca/c1")
+        );
+        assert_eq!(
+            p.paths["systemd"],
+            PathBuf::from("/sys/fs/cgroup/systemd/orca/c1")
+        );
+        assert_eq!(
+            p.paths["unified"],
+            PathBuf::from("/sys/fs/cgroup/unified/orca/c1")
+        );
         assert_eq!(p.paths.len(), 10);
     }
 
@@ -371,10 +383,18 @@ mod tests {
         .unwrap();
         assert_eq!(
             p.paths["memory"],
-            PathBuf::from("/sys/fs/cgroup/memory/process_api/cbfacf3ddc79da2b87e2c224ecae756b/orca/c1")
+            PathBuf::from(
+                "/sys/fs/cgroup/memory/process_api/cbfacf3ddc79da2b87e2c224ecae756b/orca/c1"
+            )
         );
-        assert_eq!(p.paths["pids"], PathBuf::from("/sys/fs/cgroup/pids/orca/c1"));
-        assert_eq!(p.paths["unified"], PathBuf::from("/sys/fs/cgroup/unified/orca/c1"));
+        assert_eq!(
+            p.paths["pids"],
+            PathBuf::from("/sys/fs/cgroup/pids/orca/c1")
+        );
+        assert_eq!(
+            p.paths["unified"],
+            PathBuf::from("/sys/fs/cgroup/unified/orca/c1")
+        );
     }
 
     #[test]
@@ -384,7 +404,10 @@ mod tests {
             p.paths["memory"],
             PathBuf::from("/sys/fs/cgroup/memory/process_api/cbfacf3ddc79da2b87e2c224ecae756b/abc")
         );
-        assert_eq!(p.paths["freezer"], PathBuf::from("/sys/fs/cgroup/freezer/abc"));
+        assert_eq!(
+            p.paths["freezer"],
+            PathBuf::from("/sys/fs/cgroup/freezer/abc")
+        );
         assert!(!p.paths.contains_key("unified"));
     }
 
@@ -398,7 +421,10 @@ mod tests {
 ";
         let own = "3:cpu,cpuacct:/docker/x/sub\n2:memory:/docker/x\n";
         let p = compute_paths(CgroupMode::V1, mi, own, Some(Path::new("c")), "id").unwrap();
-        assert_eq!(p.paths["cpu"], PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/sub/c"));
+        assert_eq!(
+            p.paths["cpu"],
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/sub/c")
+        );
         assert_eq!(p.paths["cpuacct"], p.paths["cpu"]);
         assert_eq!(p.paths["memory"], PathBuf::from("/sys/fs/cgroup/memory/c"));
     }
@@ -427,7 +453,10 @@ mod tests {
                 Some(Path::new(bad)),
                 if bad.is_empty() { "" } else { "id" },
             );
-            assert!(matches!(r, Err(CgroupError::InvalidPath { .. })), "{bad}: {r:?}");
+            assert!(
+                matches!(r, Err(CgroupError::InvalidPath { .. })),
+                "{bad}: {r:?}"
+            );
         }
         let r = compute_paths(CgroupMode::V1, HYBRID_MOUNTINFO, HYBRID_SELF, None, "..");
         assert!(r.is_err());

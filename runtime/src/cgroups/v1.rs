@@ -15,10 +15,13 @@ pub(super) fn create_cpuset(dir: &Path) -> Result<(), CgroupError> {
     // Find the hierarchy root: the deepest existing ancestor whose parent has no cpuset files.
     let mut chain: Vec<PathBuf> = dir.ancestors().map(Path::to_path_buf).collect();
     chain.reverse(); // "/" ... dir
-    let Some(root_idx) = chain
-        .iter()
-        .rposition(|p| p.exists() && files::exists(p, "cpuset.cpus") && !p.parent().is_some_and(|pp| files::exists(pp, "cpuset.cpus")))
-    else {
+    let Some(root_idx) = chain.iter().rposition(|p| {
+        p.exists()
+            && files::exists(p, "cpuset.cpus")
+            && !p
+                .parent()
+                .is_some_and(|pp| files::exists(pp, "cpuset.cpus"))
+    }) else {
         // Not a cpuset hierarchy we recognise: just create it.
         return files::mkdir_all(dir);
     };
@@ -50,11 +53,7 @@ pub(super) fn create_cpuset(dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-fn dir_for<'a>(
-    paths: &'a CgroupPaths,
-    key: &str,
-    what: &str,
-) -> Result<&'a Path, CgroupError> {
+fn dir_for<'a>(paths: &'a CgroupPaths, key: &str, what: &str) -> Result<&'a Path, CgroupError> {
     paths.get(key).ok_or_else(|| CgroupError::NotAvailable {
         what: what.to_string(),
         reason: format!("the {key} cgroup controller is not mounted"),
@@ -240,9 +239,7 @@ fn set_cpu(dir: &Path, c: &LinuxCpu) -> Result<(), CgroupError> {
         if got != shares {
             return Err(CgroupError::InvalidValue {
                 what: format!("cpu shares {shares}"),
-                reason: format!(
-                    "the kernel clamped it to {got} (allowed range is 2 to 262144)"
-                ),
+                reason: format!("the kernel clamped it to {got} (allowed range is 2 to 262144)"),
             });
         }
     }
@@ -293,10 +290,22 @@ fn set_blkio(dir: Option<&Path>, b: &LinuxBlockIo) -> Result<(), CgroupError> {
     let leaf = b.leaf_weight().unwrap_or(0);
     let weight_devices = b.weight_device().as_deref().unwrap_or(&[]);
     let throttles: [(&str, &Option<Vec<oci_spec::runtime::LinuxThrottleDevice>>); 4] = [
-        ("blkio.throttle.read_bps_device", b.throttle_read_bps_device()),
-        ("blkio.throttle.write_bps_device", b.throttle_write_bps_device()),
-        ("blkio.throttle.read_iops_device", b.throttle_read_iops_device()),
-        ("blkio.throttle.write_iops_device", b.throttle_write_iops_device()),
+        (
+            "blkio.throttle.read_bps_device",
+            b.throttle_read_bps_device(),
+        ),
+        (
+            "blkio.throttle.write_bps_device",
+            b.throttle_write_bps_device(),
+        ),
+        (
+            "blkio.throttle.read_iops_device",
+            b.throttle_read_iops_device(),
+        ),
+        (
+            "blkio.throttle.write_iops_device",
+            b.throttle_write_iops_device(),
+        ),
     ];
     let wants_weight = weight != 0
         || leaf != 0
@@ -371,9 +380,7 @@ fn set_blkio(dir: Option<&Path>, b: &LinuxBlockIo) -> Result<(), CgroupError> {
 /// Check a hugepage size string ("2MB", "1GB", "64KB") before it becomes part of a file name.
 pub(super) fn check_page_size(h: &LinuxHugepageLimit) -> Result<&str, CgroupError> {
     let ps = h.page_size().as_str();
-    let ok = ps.len() > 2
-        && ps.ends_with('B')
-        && ps.chars().all(|c| c.is_ascii_alphanumeric());
+    let ok = ps.len() > 2 && ps.ends_with('B') && ps.chars().all(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(ps)
     } else {

@@ -70,10 +70,12 @@ fn num_to_str(v: i64) -> Option<String> {
 }
 
 pub(super) fn apply(paths: &CgroupPaths, r: &LinuxResources) -> Result<(), CgroupError> {
-    let dir = paths.get(UNIFIED_KEY).ok_or_else(|| CgroupError::NotAvailable {
-        what: "resources".into(),
-        reason: "no cgroup2 directory".into(),
-    })?;
+    let dir = paths
+        .get(UNIFIED_KEY)
+        .ok_or_else(|| CgroupError::NotAvailable {
+            what: "resources".into(),
+            reason: "no cgroup2 directory".into(),
+        })?;
     if let Some(c) = r.cpu() {
         set_cpu(dir, c)?;
         v1::set_cpuset(dir, c)?;
@@ -110,7 +112,9 @@ pub(super) fn apply(paths: &CgroupPaths, r: &LinuxResources) -> Result<(), Cgrou
     }
     if let Some(n) = r.network() {
         if n.class_id().is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty()) {
-            tracing::warn!("net_cls/net_prio do not exist on cgroup v2; ignoring linux.resources.network");
+            tracing::warn!(
+                "net_cls/net_prio do not exist on cgroup v2; ignoring linux.resources.network"
+            );
         }
     }
     if let Some(rdma) = r.rdma() {
@@ -210,7 +214,12 @@ fn set_io(dir: &Path, b: &LinuxBlockIo) -> Result<(), CgroupError> {
         // BFQ takes the v1 scale directly; otherwise convert to io.weight.
         if let Err(e) = files::write_raw(dir, "io.bfq.weight", &weight.to_string()) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(files::write_error(dir, "io.bfq.weight", &weight.to_string(), e));
+                return Err(files::write_error(
+                    dir,
+                    "io.bfq.weight",
+                    &weight.to_string(),
+                    e,
+                ));
             }
             let v = blkio_weight_to_io_weight(weight).to_string();
             files::write(dir, "io.weight", &v)?;
