@@ -68,8 +68,8 @@ fn fail(ctx: &Ctx, s: &mut Subject, e: anyhow::Error) {
 }
 
 fn busybox_true_bundle() -> Result<Bundle> {
-    std::panic::catch_unwind(|| Bundle::busybox(&["true"]))
-        .map_err(|_| anyhow::anyhow!("cannot make the busybox bundle (see the panic above)"))
+    Bundle::try_busybox(&["true"])
+        .map_err(|e| anyhow::anyhow!("cannot make the busybox bundle: {e}"))
 }
 
 /// runtime.run_true.median_ms

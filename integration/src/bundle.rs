@@ -161,14 +161,32 @@ impl Bundle {
     /// `linux.cgroupsPath` ("/orca-test/<unique>"). The config is saved.
     #[track_caller]
     pub fn busybox(args: &[&str]) -> Bundle {
-        let b = Bundle::empty(args);
-        if let Err(e) = make_busybox_rootfs(&b.rootfs()) {
-            panic!(
-                "cannot make the busybox rootfs in {}: {e}",
-                b.rootfs().display()
-            );
+        match Bundle::try_busybox(args) {
+            Ok(b) => b,
+            Err(e) => panic!("cannot make a busybox bundle: {e}"),
         }
-        b
+    }
+
+    /// Like [`Bundle::busybox`], returning an error instead of panicking
+    /// (for the benchmark binary, built with `panic = "abort"`).
+    pub fn try_busybox(args: &[&str]) -> std::io::Result<Bundle> {
+        let dir = tempfile::Builder::new().prefix("orca-bundle-").tempdir()?;
+        std::fs::create_dir(dir.path().join("rootfs"))?;
+        let mut config = default_spec(args);
+        config["linux"]["cgroupsPath"] =
+            Value::String(format!("{CGROUP_PARENT}/{}", unique_name("cg")));
+        let b = Bundle { dir, config };
+        std::fs::write(
+            b.dir.path().join("config.json"),
+            serde_json::to_vec_pretty(&b.config).expect("a JSON value serializes"),
+        )?;
+        make_busybox_rootfs(&b.rootfs()).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("busybox rootfs in {}: {e}", b.rootfs().display()),
+            )
+        })?;
+        Ok(b)
     }
 
     /// Like [`Bundle::busybox`] but with an empty `rootfs/` directory, for

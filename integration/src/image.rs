@@ -198,8 +198,7 @@ fn busybox_blobs() -> io::Result<&'static Blobs> {
         };
         make().map_err(|e| format!("cannot make the busybox image: {e}"))
     });
-    r.as_ref()
-        .map_err(|e| io::Error::new(io::ErrorKind::Other, e.clone()))
+    r.as_ref().map_err(|e| io::Error::other(e.clone()))
 }
 
 fn write_blob(dir: &Path, digest: &str, bytes: &[u8]) -> io::Result<()> {

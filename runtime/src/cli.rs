@@ -261,7 +261,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         ));
     }
     if needs_clone(&cli.command) {
-        crate::cloned_binary::ensure_cloned()?;
+        crate::exe_protection::ensure_protected()?;
     }
     let store = StateStore::new(&cli.root);
     match &cli.command {

@@ -7,9 +7,9 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod cli;
-pub mod cloned_binary;
 pub mod container;
 pub mod error;
+pub mod exe_protection;
 pub mod features;
 pub mod hooks;
 pub mod init;
