@@ -423,13 +423,6 @@ fn exec(store: &StateStore, a: &ExecArgs) -> Result<i32> {
                     let cap: oci_spec::runtime::Capability = c
                         .parse()
                         .map_err(|_| RuntimeError::other(format!("unknown capability {c:?}")))?;
-                    for set in [
-                        caps.bounding().clone(),
-                        caps.effective().clone(),
-                        caps.permitted().clone(),
-                    ] {
-                        let _ = set;
-                    }
                     let mut b = caps.bounding().clone().unwrap_or_default();
                     b.insert(cap);
                     caps.set_bounding(Some(b));
@@ -775,9 +768,15 @@ fn events(store: &StateStore, id: &str, once: bool, interval: &str) -> Result<i3
         let wait = next.saturating_duration_since(std::time::Instant::now());
         match oom.as_mut() {
             Some(n) => {
-                if n.wait(wait.min(std::time::Duration::from_secs(1)))? {
-                    let ev = serde_json::json!({"type": "oom", "id": id});
-                    println!("{ev}");
+                match n.wait(wait.min(std::time::Duration::from_secs(1))) {
+                    Ok(true) => {
+                        let ev = serde_json::json!({"type": "oom", "id": id});
+                        println!("{ev}");
+                    }
+                    Ok(false) => {}
+                    // The cgroup went away with the container: the stream ends.
+                    Err(crate::cgroups::CgroupError::Removed(_)) => return Ok(0),
+                    Err(e) => return Err(e.into()),
                 }
             }
             None => std::thread::sleep(wait.min(std::time::Duration::from_secs(1))),

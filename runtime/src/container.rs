@@ -251,6 +251,17 @@ fn reject_unsupported(spec: &Spec) -> Result<()> {
 
 /// `create`: everything up to a process waiting on the exec fifo. Returns the init pid.
 pub fn create(store: &StateStore, id: &str, opts: &CreateOptions) -> Result<i32> {
+    create_with_console(store, id, opts, None)
+}
+
+/// `create` with the console end given directly (used by foreground `run` with a terminal,
+/// which proxies the pty itself instead of using `--console-socket`).
+fn create_with_console(
+    store: &StateStore,
+    id: &str,
+    opts: &CreateOptions,
+    own_console: Option<OwnedFd>,
+) -> Result<i32> {
     crate::state::validate_id(id)?;
     let bundle = std::fs::canonicalize(&opts.bundle).ctx(|| format!("bundle {:?}", opts.bundle))?;
     let spec = crate::spec::load(&bundle)?;
@@ -261,7 +272,8 @@ pub fn create(store: &StateStore, id: &str, opts: &CreateOptions) -> Result<i32>
         .process()
         .clone()
         .ok_or_else(|| RuntimeError::Config("field process: must be set".into()))?;
-    if process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
+    if process.terminal().unwrap_or(false) && opts.console_socket.is_none() && own_console.is_none()
+    {
         return Err(RuntimeError::other(
             "cannot allocate tty if runtime will detach without setting console socket",
         ));
@@ -300,9 +312,9 @@ pub fn create(store: &StateStore, id: &str, opts: &CreateOptions) -> Result<i32>
         cgroup.apply(res)?;
     }
 
-    let console = match &opts.console_socket {
-        Some(p) => Some(crate::tty::connect_console_socket(p)?),
-        None => None,
+    let console = match (&opts.console_socket, own_console) {
+        (Some(p), _) => Some(crate::tty::connect_console_socket(p)?),
+        (None, fd) => fd,
     };
 
     let mut state = ContainerState {
@@ -655,7 +667,8 @@ pub fn exec(store: &StateStore, id: &str, process: &Process, opts: &ExecOptions)
             "field args: exec needs a command".into(),
         ));
     }
-    if process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
+    let proxy_tty = process.terminal().unwrap_or(false) && opts.console_socket.is_none();
+    if proxy_tty && opts.detach {
         return Err(RuntimeError::other(
             "cannot allocate tty if runtime will detach without setting console socket",
         ));
@@ -666,8 +679,14 @@ pub fn exec(store: &StateStore, id: &str, process: &Process, opts: &ExecOptions)
         .filter_map(|n| namespaces::from_proc_name(n))
         .collect();
     let plan = NamespacePlan::join_process(state.init_pid, &types);
+    let mut proxy_end = None;
     let console = match &opts.console_socket {
         Some(p) => Some(crate::tty::connect_console_socket(p)?),
+        None if proxy_tty => {
+            let (ours, theirs) = crate::tty::console_pair()?;
+            proxy_end = Some(ours);
+            Some(theirs)
+        }
         None => None,
     };
     if !opts.detach {
@@ -720,7 +739,15 @@ pub fn exec(store: &StateStore, id: &str, process: &Process, opts: &ExecOptions)
     if opts.detach {
         return Ok(0);
     }
-    Ok(wait_for_exit(pid))
+    let proxy = match proxy_end {
+        Some(end) => Some(crate::tty::PtyProxy::start(crate::tty::receive_master(
+            &end,
+        )?)?),
+        None => None,
+    };
+    let code = wait_for_exit(pid);
+    drop(proxy);
+    Ok(code)
 }
 
 static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -775,7 +802,30 @@ pub fn run(store: &StateStore, id: &str, opts: &CreateOptions, detach: bool) -> 
     if !detach {
         nix::sys::prctl::set_child_subreaper(true).ctx(|| "prctl(PR_SET_CHILD_SUBREAPER)")?;
     }
-    let pid = create(store, id, opts)?;
+    let terminal = crate::spec::load(&opts.bundle)
+        .ok()
+        .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
+        .unwrap_or(false);
+    let proxy_tty = terminal && opts.console_socket.is_none() && !detach;
+    let (pid, proxy_end) = if proxy_tty {
+        let (ours, theirs) = crate::tty::console_pair()?;
+        (
+            create_with_console(store, id, opts, Some(theirs))?,
+            Some(ours),
+        )
+    } else {
+        (create(store, id, opts)?, None)
+    };
+    let proxy = match proxy_end {
+        Some(end) => match crate::tty::receive_master(&end).and_then(crate::tty::PtyProxy::start) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let _ = delete(store, id, true);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     if let Err(e) = start(store, id) {
         let _ = delete(store, id, true);
         return Err(e);
@@ -784,6 +834,7 @@ pub fn run(store: &StateStore, id: &str, opts: &CreateOptions, detach: bool) -> 
         return Ok(0);
     }
     let code = wait_for_exit(Pid::from_raw(pid));
+    drop(proxy);
     let state = store.load(id)?;
     destroy(store, &state)?;
     Ok(code)
