@@ -225,29 +225,12 @@ pub fn known() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::wait::{waitpid, WaitStatus};
-    use nix::unistd::{fork, ForkResult};
 
     fn set(caps: &[Capability]) -> Capabilities {
         caps.iter().copied().collect()
     }
 
-    fn in_child(child: impl FnOnce() -> i32) -> i32 {
-        // SAFETY: the child only runs fork-safe code (glibc malloc is fork-safe) and leaves
-        // through _exit.
-        match unsafe { fork() }.expect("fork") {
-            ForkResult::Child => {
-                let code =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
-                // SAFETY: _exit is async-signal-safe and skips atexit handlers.
-                unsafe { libc::_exit(code) }
-            }
-            ForkResult::Parent { child } => match waitpid(child, None).expect("waitpid") {
-                WaitStatus::Exited(_, code) => code,
-                other => panic!("child did not exit normally: {other:?}"),
-            },
-        }
-    }
+    use crate::test_support::in_child;
 
     /// Read CapXxx lines from /proc/self/status as numbers.
     fn proc_caps() -> Option<std::collections::HashMap<String, u64>> {

@@ -20,4 +20,6 @@ pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod sync;
+#[cfg(test)]
+mod test_support;
 pub mod tty;

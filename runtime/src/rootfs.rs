@@ -5,6 +5,7 @@
 //! Every mount destination is resolved with [`secure_join`], which follows symlinks as if the
 //! rootfs were `/`, so a symlink in an image can never point a mount outside the rootfs.
 
+use crate::cgroups::paths::parse_mountinfo;
 use crate::cgroups::{CgroupMode, CgroupPaths};
 use crate::error::{Context, Result, RuntimeError};
 use nix::fcntl::{open, OFlag};
@@ -235,54 +236,23 @@ pub fn prepare(spec: &Spec, ctx: &RootfsContext) -> Result<()> {
 /// pivot_root requires the rootfs's parent mount not to be shared.
 fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ctx(|| "read mountinfo")?;
-    let mut best: Option<(PathBuf, bool)> = None;
-    for line in mountinfo.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 7 {
-            continue;
+    let parent = parse_mountinfo(&mountinfo)
+        .into_iter()
+        .filter(|m| rootfs.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len());
+    if let Some(m) = parent {
+        if m.optional.iter().any(|o| o.starts_with("shared:")) {
+            mount(
+                None::<&str>,
+                &m.mount_point,
+                None::<&str>,
+                MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .ctx(|| format!("make {:?} private", m.mount_point))?;
         }
-        let mp = PathBuf::from(unescape_mountinfo(f[4]));
-        if rootfs.starts_with(&mp)
-            && best
-                .as_ref()
-                .map_or(true, |(b, _)| mp.as_os_str().len() >= b.as_os_str().len())
-        {
-            let shared = f[6..]
-                .iter()
-                .take_while(|s| **s != "-")
-                .any(|s| s.starts_with("shared:"));
-            best = Some((mp, shared));
-        }
-    }
-    if let Some((mp, true)) = best {
-        mount(
-            None::<&str>,
-            &mp,
-            None::<&str>,
-            MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .ctx(|| format!("make {mp:?} private"))?;
     }
     Ok(())
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i] as char);
-        i += 1;
-    }
-    out
 }
 
 fn mount_one(m: &Mount, ctx: &RootfsContext) -> Result<()> {
@@ -493,26 +463,17 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
 /// For a cgroup directory on the host, the last component of its hierarchy's mount point
 /// ("memory", "cpu,cpuacct", "unified", "systemd").
 fn hierarchy_dir_name(mountinfo: &str, dir: &Path) -> Option<String> {
-    let mut best: Option<PathBuf> = None;
-    for line in mountinfo.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = f.iter().position(|s| *s == "-") else {
-            continue;
-        };
-        let fstype = f.get(sep + 1)?;
-        if *fstype != "cgroup" && *fstype != "cgroup2" {
-            continue;
-        }
-        let mp = PathBuf::from(unescape_mountinfo(f[4]));
-        if dir.starts_with(&mp)
-            && best
-                .as_ref()
-                .map_or(true, |b| mp.as_os_str().len() > b.as_os_str().len())
-        {
-            best = Some(mp);
-        }
-    }
-    best.and_then(|b| b.file_name().map(|n| n.to_string_lossy().into_owned()))
+    parse_mountinfo(mountinfo)
+        .into_iter()
+        .filter(|m| {
+            (m.fstype == "cgroup" || m.fstype == "cgroup2") && dir.starts_with(&m.mount_point)
+        })
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+        .and_then(|m| {
+            m.mount_point
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
 }
 
 struct DefaultDevice {

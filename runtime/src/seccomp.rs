@@ -753,23 +753,7 @@ mod tests {
         profile_from_json(json.as_bytes()).expect("valid test profile")
     }
 
-    /// Run `child` in a forked process; returns its exit code.
-    fn in_child(child: impl FnOnce() -> i32) -> i32 {
-        // SAFETY: the test harness is multi-threaded; the child only runs code that is safe after
-        // fork with glibc (malloc is fork-safe there) and leaves through _exit.
-        match unsafe { fork() }.expect("fork") {
-            ForkResult::Child => {
-                let code =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
-                // SAFETY: _exit is async-signal-safe and skips the parent's atexit handlers.
-                unsafe { libc::_exit(code) }
-            }
-            ForkResult::Parent { child } => match waitpid(child, None).expect("waitpid") {
-                WaitStatus::Exited(_, code) => code,
-                other => panic!("child did not exit normally: {other:?}"),
-            },
-        }
-    }
+    use crate::test_support::in_child;
 
     fn errno() -> i32 {
         std::io::Error::last_os_error().raw_os_error().unwrap_or(0)

@@ -13,6 +13,8 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     pub fstype: String,
     pub super_options: String,
+    /// Optional fields such as `shared:1` or `master:2` (propagation).
+    pub optional: Vec<String>,
 }
 
 /// Undo the octal escapes (`\040` for a space, ...) the kernel uses in mountinfo.
@@ -55,6 +57,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             mount_point: PathBuf::from(unescape(pre[4])),
             fstype: post[0].to_string(),
             super_options: post.get(2).map(|s| s.to_string()).unwrap_or_default(),
+            optional: pre[6..].iter().map(|s| s.to_string()).collect(),
         });
     }
     out
