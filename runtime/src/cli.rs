@@ -511,7 +511,18 @@ fn list(store: &StateStore, format: &str, quiet: bool) -> Result<i32> {
     let mut reports = Vec::new();
     for id in store.list()? {
         if let Ok(s) = store.load(&id) {
-            reports.push(s.report(store));
+            let mut r = s.report(store);
+            // As runc's list: the owner is the user owning the container's state directory
+            // (`state` leaves it empty).
+            if let Ok(md) = std::fs::metadata(store.dir(&id)) {
+                let uid = std::os::unix::fs::MetadataExt::uid(&md);
+                r.owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_else(|| format!("#{uid}"));
+            }
+            reports.push(r);
         }
     }
     if quiet {

@@ -297,6 +297,14 @@ fn create_with_console(
     let fifo_path = dir.join(EXEC_FIFO);
     nix::unistd::mkfifo(&fifo_path, nix::sys::stat::Mode::from_bits_truncate(0o622))
         .ctx(|| format!("mkfifo {fifo_path:?}"))?;
+    // As runc (which creates it under umask 0): the init opens the fifo for writing after it
+    // switched to the process user, which may be non-root without CAP_DAC_OVERRIDE or a
+    // mapped uid of a user namespace, so it must be writable by others whatever our umask.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fifo_path, std::fs::Permissions::from_mode(0o622))
+            .ctx(|| format!("chmod {fifo_path:?}"))?;
+    }
     let fifo = nix::fcntl::open(
         &fifo_path,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
@@ -458,6 +466,26 @@ pub fn start(store: &StateStore, id: &str) -> Result<()> {
         return Err(RuntimeError::other(
             "cannot start an already running container or its init died",
         ));
+    }
+    // Then read to EOF, as runc does: the init keeps its close-on-exec write end open until it
+    // executes the container's program (after the startContainer hooks), so poststart hooks
+    // below run, and `start` returns, only once the program runs.
+    loop {
+        match nix::unistd::read(fifo.as_raw_fd(), &mut buf) {
+            Ok(0) => break,
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(nix::Error::EAGAIN) => {
+                if !state.init_alive() {
+                    break;
+                }
+                let mut pfd = [nix::poll::PollFd::new(
+                    fifo.as_fd_borrow(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                let _ = nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(50u8));
+            }
+            Err(e) => return Err(e).ctx(|| "read exec fifo"),
+        }
     }
     std::fs::remove_file(&fifo_path).ctx(|| format!("remove {fifo_path:?}"))?;
     if let Some(h) = state

@@ -149,6 +149,18 @@ fn run(cfg: &InitConfig, sync: &Channel) -> Result<Never> {
                 crate::hooks::run_all("createContainer", Some(h), &state)?;
             }
             rootfs::enter(cfg.rootfs, no_pivot)?;
+            // As runc: a missing cwd is created (0755, before the root may become read-only),
+            // which `ctr run --cwd`, docker's WORKDIR and images rely on. We are inside the
+            // new root here, so the path cannot escape it.
+            let cwd = process.cwd();
+            if !cwd.as_os_str().is_empty() {
+                use std::os::unix::fs::DirBuilderExt as _;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(cwd)
+                    .ctx(|| format!("create cwd {cwd:?}"))?;
+            }
             if process.terminal().unwrap_or(false) {
                 let sock = cfg.console.ok_or_else(|| {
                     RuntimeError::other("a terminal was requested but no --console-socket given")
@@ -213,8 +225,11 @@ fn run(cfg: &InitConfig, sync: &Channel) -> Result<Never> {
         .collect::<Result<Vec<_>>>()?;
 
     sync.send(&Msg::Ready)?;
+    // The exec fifo stays open (close-on-exec) until execve, so `start`, which reads it to
+    // EOF, returns only once startContainer hooks ran and the program is executed (as runc).
+    let mut _exec_fifo = None;
     if let InitKind::Container { fifo, .. } = cfg.kind {
-        wait_for_start(fifo)?;
+        _exec_fifo = Some(wait_for_start(fifo)?);
         if let Some(h) = spec
             .hooks()
             .as_ref()
@@ -252,8 +267,9 @@ fn cstring(b: &[u8]) -> Result<CString> {
         .map_err(|_| RuntimeError::Config("an argument or env var contains a NUL byte".into()))
 }
 
-/// Block until `start` opens the exec fifo for reading, then tell it we proceed.
-fn wait_for_start(fifo: RawFd) -> Result<()> {
+/// Block until `start` opens the exec fifo for reading, then tell it we proceed. Returns the
+/// (close-on-exec) write end: `start` sees EOF when it is closed by execve.
+fn wait_for_start(fifo: RawFd) -> Result<std::fs::File> {
     let path = format!("/proc/self/fd/{fifo}");
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -262,7 +278,7 @@ fn wait_for_start(fifo: RawFd) -> Result<()> {
     use std::io::Write;
     (&f).write_all(b"0").ctx(|| "write exec fifo")?;
     let _ = nix::unistd::close(fifo);
-    Ok(())
+    Ok(f)
 }
 
 fn apply_sysctl(spec: &Spec) -> Result<()> {
