@@ -10,6 +10,7 @@
 
 mod figure;
 mod runtime;
+mod shim;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -44,6 +45,7 @@ struct Args {
 fn all_figures() -> Vec<Box<dyn Figure>> {
     let mut v = Vec::new();
     v.extend(runtime::figures());
+    v.extend(shim::figures());
     v
 }
 

@@ -420,7 +420,9 @@ fn exec(store: &StateStore, a: &ExecArgs) -> Result<i32> {
             if !a.cap.is_empty() {
                 let mut caps = p.capabilities().clone().unwrap_or_default();
                 for c in &a.cap {
-                    let cap: oci_spec::runtime::Capability = c
+                    // runc (and docker) name them CAP_SYS_ADMIN; oci-spec parses SYS_ADMIN.
+                    let short = c.strip_prefix("CAP_").unwrap_or(c);
+                    let cap: oci_spec::runtime::Capability = short
                         .parse()
                         .map_err(|_| RuntimeError::other(format!("unknown capability {c:?}")))?;
                     let mut b = caps.bounding().clone().unwrap_or_default();

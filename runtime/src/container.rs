@@ -76,7 +76,13 @@ fn spawn_and_supervise(
 ) -> Result<Spawned> {
     let (parent_end, child_end) = sync::pair()?;
     let fast = plan.join.is_empty();
-    let flags = if fast { plan.new } else { CloneFlags::empty() };
+    // The cgroup namespace is never created by the clone: the child unshares it after Go, once
+    // it is in the container's cgroup, so that cgroup is its namespace's root (as runc).
+    let flags = if fast {
+        plan.new - CloneFlags::CLONE_NEWCGROUP
+    } else {
+        CloneFlags::empty()
+    };
     let child = match clone_child(flags)? {
         None => {
             drop(parent_end);

@@ -65,6 +65,16 @@ fn run(cfg: &InitConfig, sync: &Channel) -> Result<Never> {
     nix::sys::prctl::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)")?;
     sync.expect(&Msg::Go)?;
 
+    if cfg.cloned_with_namespaces
+        && cfg
+            .namespaces
+            .new
+            .contains(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+    {
+        // Only now that the runtime moved us into the container's cgroup (before Go), so that
+        // cgroup is the root of the new cgroup namespace (the clone left this one out).
+        unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).ctx(|| "unshare(CLONE_NEWCGROUP)")?;
+    }
     if !cfg.cloned_with_namespaces {
         let fds = cfg.namespaces.open_joins()?;
         crate::namespaces::join_all(fds)?;

@@ -425,6 +425,11 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions, ctx: &RootfsContext) -> Result
         .ctx(|| format!("mount tmpfs for cgroups on {dest:?}"))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for (name, host_dir) in &paths.paths {
+        if name == "unified" {
+            // Hybrid host: as runc, the container sees the v1 hierarchies only (the cgroup2
+            // hierarchy is still joined, just not mounted).
+            continue;
+        }
         // The directory name as the host mounts it ("cpu,cpuacct" for co-mounted controllers).
         let mount_name = hierarchy_dir_name(&mountinfo, host_dir).unwrap_or_else(|| name.clone());
         let target = dest.join(&mount_name);

@@ -107,7 +107,8 @@ pub const DEFAULT_ALLOWED: &[DeviceRule] = &[
     DeviceRule::allow_char(Some(5), Some(0), ACC_ALL), // /dev/tty
     DeviceRule::allow_char(Some(1), Some(8), ACC_ALL), // /dev/random
     DeviceRule::allow_char(Some(1), Some(9), ACC_ALL), // /dev/urandom
-    DeviceRule::allow_char(Some(5), Some(1), ACC_ALL), // /dev/console
+    // Not /dev/console (5:1): that is the host's console; runc does not allow it either (a
+    // container's console is a pty, 136:*).
     DeviceRule::allow_char(Some(136), None, ACC_ALL),  // /dev/pts/*
     DeviceRule::allow_char(Some(5), Some(2), ACC_ALL), // /dev/ptmx
     DeviceRule::allow_char(Some(10), Some(200), ACC_ALL), // /dev/net/tun
@@ -616,7 +617,7 @@ mod tests {
         assert_eq!(s[4], ("b *:* m".to_string(), "devices.allow"));
         assert!(s.iter().any(|x| x.0 == "c 136:* rwm"));
         assert!(s.iter().any(|x| x.0 == "c 10:200 rwm"));
-        assert!(s.iter().any(|x| x.0 == "c 5:1 rwm"));
+        assert!(!s.iter().any(|x| x.0 == "c 5:1 rwm"));
         assert_eq!(l.len(), 3 + DEFAULT_ALLOWED.len());
     }
 

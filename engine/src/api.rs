@@ -1,0 +1,515 @@
+//! The Docker Engine API: version prefixes, the router mapping (method,
+//! path) to handlers, and the handlers.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tracing::{debug, warn};
+
+use crate::containers::{frame, LogOptions, StreamMsg, WaitCondition};
+use crate::error::{EngineError, Result};
+use crate::reference::Reference;
+use crate::util::{percent_decode, Query};
+use crate::Engine;
+
+/// The newest API version orcad speaks.
+pub const API_VERSION: &str = "1.44";
+/// The oldest API version orcad accepts.
+pub const MIN_API_VERSION: &str = "1.24";
+/// Largest request body accepted (JSON bodies are small).
+pub const MAX_BODY: usize = 4 << 20;
+
+/// Response body type.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+fn stream(rx: mpsc::Receiver<Bytes>) -> Body {
+    StreamBody::new(ReceiverStream::new(rx).map(|b| Ok::<_, std::io::Error>(Frame::data(b))))
+        .boxed()
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut body = v.to_string();
+    body.push('\n');
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn no_content() -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+/// Docker's error shape.
+pub fn error_response(e: &EngineError) -> Response<Body> {
+    if matches!(e, EngineError::NotModified) {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        return r;
+    }
+    json_response(e.status(), &json!({"message": e.to_string()}))
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Splits "/v1.44/x" into (Some("1.44"), "/x").
+fn split_version(path: &str) -> (Option<&str>, &str) {
+    if let Some(rest) = path.strip_prefix("/v") {
+        let end = rest.find('/').unwrap_or(rest.len());
+        let v = &rest[..end];
+        if parse_version(v).is_some() {
+            let tail = &rest[end..];
+            return (Some(v), if tail.is_empty() { "/" } else { tail });
+        }
+    }
+    (None, path)
+}
+
+/// Handles one request; never fails (errors become Docker JSON errors).
+pub async fn handle(
+    engine: Arc<Engine>,
+    req: Request<Incoming>,
+) -> std::result::Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (version, _) = split_version(&path);
+    let version = version.map(String::from);
+    let mut resp = match route(engine, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status().is_server_error() && e.status() != StatusCode::NOT_IMPLEMENTED {
+                warn!(%method, %path, "request failed: {e}");
+            } else {
+                debug!(%method, %path, "request failed: {e}");
+            }
+            error_response(&e)
+        }
+    };
+    let _ = version;
+    let h = resp.headers_mut();
+    h.insert("Api-Version", HeaderValue::from_static(API_VERSION));
+    h.insert("Ostype", HeaderValue::from_static("linux"));
+    h.insert(
+        header::SERVER,
+        HeaderValue::from_static(concat!("Orca/", env!("CARGO_PKG_VERSION"), " (linux)")),
+    );
+    Ok(resp)
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Value> {
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| EngineError::BadRequest(format!("cannot read request body: {e}")))?
+        .to_bytes();
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&body).map_err(|e| EngineError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+fn not_implemented(method: &Method, path: &str) -> EngineError {
+    EngineError::NotImplemented(format!("{method} {path} is not implemented in orcad yet"))
+}
+
+async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<Body>> {
+    let method = req.method().clone();
+    let full_path = req.uri().path().to_string();
+    let (version, path) = split_version(&full_path);
+    if let Some(v) = version {
+        let got = parse_version(v).unwrap_or((0, 0));
+        if got > parse_version(API_VERSION).unwrap_or((1, 44)) {
+            return Err(EngineError::BadRequest(format!(
+                "client version {v} is too new. Maximum supported API version is {API_VERSION}"
+            )));
+        }
+        if got < parse_version(MIN_API_VERSION).unwrap_or((1, 24)) {
+            return Err(EngineError::BadRequest(format!(
+                "client version {v} is too old. Minimum supported API version is {MIN_API_VERSION}, \
+                 please upgrade your client to a newer version"
+            )));
+        }
+    }
+    let api = version.and_then(parse_version).unwrap_or((1, 44));
+    let path = path.to_string();
+    let q = Query::parse(req.uri().query());
+    debug!(%method, path = %full_path, "request");
+
+    // Image names contain slashes: match /images/... by prefix/suffix.
+    if let Some(rest) = path.strip_prefix("/images/") {
+        if rest != "create" && rest != "json" {
+            if let (Some(name), &Method::GET) = (rest.strip_suffix("/json"), &method) {
+                let v = engine
+                    .images
+                    .inspect_json(&percent_decode(name, false))
+                    .await?;
+                return Ok(json_response(StatusCode::OK, &v));
+            }
+            return Err(not_implemented(&method, &path));
+        }
+    }
+    let segs: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_decode(s, false))
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(|s| s.as_str()).collect();
+    match (&method, segs.as_slice()) {
+        (&Method::GET | &Method::HEAD, ["_ping"]) => Ok(ping(method == Method::HEAD)),
+        (&Method::GET, ["version"]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::info::version(&engine).await,
+        )),
+        (&Method::GET, ["info"]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::info::info(&engine).await,
+        )),
+        (&Method::POST, ["images", "create"]) => pull(engine, &q).await,
+        (&Method::GET, ["images", "json"]) => Ok(json_response(
+            StatusCode::OK,
+            &engine.images.list_json().await?,
+        )),
+        (&Method::POST, ["containers", "create"]) => {
+            if let Some(p) = q.get("platform").filter(|p| !p.is_empty()) {
+                let want = format!("linux/{}", crate::images::platform_arch());
+                if p != want {
+                    return Err(EngineError::NotImplemented(format!(
+                        "platform {p} is not implemented in orcad yet (only {want})"
+                    )));
+                }
+            }
+            let body = read_json(req).await?;
+            let id = engine.containers.create(q.get("name"), &body).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"Id": id, "Warnings": []}),
+            ))
+        }
+        (&Method::GET, ["containers", "json"]) => {
+            Ok(json_response(StatusCode::OK, &engine.containers.list(&q)?))
+        }
+        (&Method::GET, ["containers", id, "json"]) => Ok(json_response(
+            StatusCode::OK,
+            &engine.containers.inspect(id)?,
+        )),
+        (&Method::POST, ["containers", id, "start"]) => {
+            if q.get("checkpoint").is_some_and(|c| !c.is_empty()) {
+                return Err(EngineError::NotImplemented(
+                    "checkpoints are not implemented in orcad yet".into(),
+                ));
+            }
+            engine.containers.start(id).await?;
+            Ok(no_content())
+        }
+        (&Method::POST, ["containers", id, "stop"]) => {
+            let t =
+                match q.get("t").filter(|t| !t.is_empty()) {
+                    Some(t) => Some(t.parse::<i64>().map_err(|_| {
+                        EngineError::BadRequest(format!("invalid value for t: {t}"))
+                    })?),
+                    None => None,
+                };
+            engine.containers.stop(id, t, q.get("signal")).await?;
+            Ok(no_content())
+        }
+        (&Method::POST, ["containers", id, "kill"]) => {
+            engine.containers.kill(id, q.get("signal")).await?;
+            Ok(no_content())
+        }
+        (&Method::DELETE, ["containers", id]) => {
+            if q.bool("link") {
+                return Err(EngineError::NotImplemented(
+                    "links are not implemented in orcad yet".into(),
+                ));
+            }
+            engine.containers.remove(id, q.bool("force")).await?;
+            Ok(no_content())
+        }
+        (&Method::POST, ["containers", id, "wait"]) => {
+            let cond = match q.get("condition").unwrap_or("") {
+                "" | "not-running" => WaitCondition::NotRunning,
+                "next-exit" => WaitCondition::NextExit,
+                "removed" => WaitCondition::Removed,
+                other => {
+                    return Err(EngineError::BadRequest(format!(
+                        "invalid condition: {other:?}"
+                    )))
+                }
+            };
+            let fut = engine.containers.wait(id, cond)?;
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                let code = fut.await;
+                let body = json!({"StatusCode": code, "Error": null}).to_string() + "\n";
+                let _ = tx.send(Bytes::from(body)).await;
+            });
+            let mut r = Response::new(stream(rx));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(r)
+        }
+        (&Method::POST, ["containers", id, "attach"]) => attach(engine, req, id, &q, api).await,
+        (&Method::GET, ["containers", id, "logs"]) => {
+            let opts = LogOptions {
+                stdout: q.bool("stdout"),
+                stderr: q.bool("stderr"),
+                follow: q.bool("follow"),
+                tail: match q.get("tail").unwrap_or("all") {
+                    "all" | "" => None,
+                    n => Some(
+                        n.parse::<i64>()
+                            .map(|n| n.max(0) as usize)
+                            .unwrap_or(usize::MAX),
+                    ),
+                },
+                timestamps: q.bool("timestamps"),
+            };
+            if !opts.stdout && !opts.stderr {
+                return Err(EngineError::BadRequest(
+                    "Bad parameters: you must choose at least one stream".into(),
+                ));
+            }
+            for k in ["since", "until"] {
+                if q.get(k).is_some_and(|v| !v.is_empty() && v != "0") {
+                    return Err(EngineError::NotImplemented(format!(
+                        "logs --{k} is not implemented in orcad yet"
+                    )));
+                }
+            }
+            let (tty, rx) = engine.containers.logs(id, opts)?;
+            let mut r = Response::new(stream(rx));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, stream_type(tty, api));
+            Ok(r)
+        }
+        // No networks, volumes or plugins exist in orcad yet: "not found" is
+        // the honest answer (and lets `docker inspect NAME` finish).
+        (&Method::GET, ["networks", name]) => {
+            Err(EngineError::NotFound(format!("network {name} not found")))
+        }
+        (&Method::GET, ["volumes", name]) => {
+            Err(EngineError::NotFound(format!("get {name}: no such volume")))
+        }
+        (&Method::GET, ["plugins", name, "json"]) => Err(EngineError::NotFound(format!(
+            "plugin \"{name}\" not found"
+        ))),
+        _ => Err(not_implemented(&method, &path)),
+    }
+}
+
+fn stream_type(tty: bool, api: (u32, u32)) -> HeaderValue {
+    if tty || api < (1, 42) {
+        HeaderValue::from_static("application/vnd.docker.raw-stream")
+    } else {
+        HeaderValue::from_static("application/vnd.docker.multiplexed-stream")
+    }
+}
+
+fn ping(head: bool) -> Response<Body> {
+    let mut r = Response::new(if head { empty() } else { full("OK") });
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert("Docker-Experimental", HeaderValue::from_static("false"));
+    h.insert("Builder-Version", HeaderValue::from_static("1"));
+    h.insert("Swarm", HeaderValue::from_static("inactive"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+async fn pull(engine: Arc<Engine>, q: &Query) -> Result<Response<Body>> {
+    if q.get("fromSrc").is_some_and(|s| !s.is_empty()) {
+        return Err(EngineError::NotImplemented(
+            "importing images (fromSrc) is not implemented in orcad yet".into(),
+        ));
+    }
+    if let Some(p) = q.get("platform").filter(|p| !p.is_empty()) {
+        let want = format!("linux/{}", crate::images::platform_arch());
+        if p != want {
+            return Err(EngineError::NotImplemented(format!(
+                "pulling platform {p} is not implemented in orcad yet (only {want})"
+            )));
+        }
+    }
+    let image = q.get("fromImage").unwrap_or("");
+    if image.is_empty() {
+        return Err(EngineError::BadRequest("fromImage is required".into()));
+    }
+    let tag = q.get("tag").unwrap_or("");
+    let full_ref = if tag.is_empty() {
+        image.to_string()
+    } else if tag.starts_with("sha256:") {
+        format!("{image}@{tag}")
+    } else {
+        format!("{image}:{tag}")
+    };
+    let r = Reference::parse(&full_ref)?;
+    let plan = engine.images.pull_prepare(r).await?;
+    let (tx, rx) = mpsc::channel(64);
+    let images = engine.images.clone();
+    tokio::spawn(async move {
+        if let Err(e) = images.pull_run(plan, &tx).await {
+            warn!("pull failed: {e}");
+            let msg = e.to_string();
+            let v = json!({"errorDetail": {"message": msg}, "error": msg}).to_string() + "\r\n";
+            let _ = tx.send(Bytes::from(v)).await;
+        }
+    });
+    let mut r = Response::new(stream(rx));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+async fn attach(
+    engine: Arc<Engine>,
+    mut req: Request<Incoming>,
+    id: &str,
+    q: &Query,
+    api: (u32, u32),
+) -> Result<Response<Body>> {
+    if q.bool("stdin") {
+        return Err(EngineError::NotImplemented(
+            "attaching stdin is not implemented in orcad yet".into(),
+        ));
+    }
+    if q.bool("logs") {
+        return Err(EngineError::NotImplemented(
+            "attach with logs=1 is not implemented in orcad yet".into(),
+        ));
+    }
+    let (want_out, want_err) = (q.bool("stdout"), q.bool("stderr"));
+    let (tty, rx) = engine.containers.attach(id)?;
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("tcp"));
+    let encode = move |m: StreamMsg| -> Option<Option<Bytes>> {
+        match m {
+            StreamMsg::End => None,
+            StreamMsg::Data(sid, b) => {
+                if (sid == 1 && !want_out) || (sid == 2 && !want_err) {
+                    return Some(None);
+                }
+                Some(Some(if tty { b } else { frame(sid, &b) }))
+            }
+        }
+    };
+    if upgrade {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let io = match on_upgrade.await {
+                Ok(io) => io,
+                Err(e) => {
+                    debug!("attach upgrade failed: {e}");
+                    return;
+                }
+            };
+            let mut io = hyper_util::rt::TokioIo::new(io);
+            if let Some(mut rx) = rx {
+                loop {
+                    match rx.recv().await {
+                        Ok(m) => match encode(m) {
+                            None => break,
+                            Some(None) => {}
+                            Some(Some(b)) => {
+                                if io.write_all(&b).await.is_err() {
+                                    break;
+                                }
+                            }
+                        },
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            warn!("attach client too slow: {n} output chunks dropped");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }
+            let _ = io.flush().await;
+            let _ = io.shutdown().await;
+        });
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, stream_type(tty, api));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
+        return Ok(r);
+    }
+    // Without an upgrade request: a plain streaming response.
+    let (tx, body_rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let Some(mut rx) = rx else { return };
+        loop {
+            match rx.recv().await {
+                Ok(m) => match encode(m) {
+                    None => break,
+                    Some(None) => {}
+                    Some(Some(b)) => {
+                        if tx.send(b).await.is_err() {
+                            break;
+                        }
+                    }
+                },
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    let mut r = Response::new(stream(body_rx));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, stream_type(tty, api));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            split_version("/v1.44/containers/json"),
+            (Some("1.44"), "/containers/json")
+        );
+        assert_eq!(split_version("/_ping"), (None, "/_ping"));
+        assert_eq!(split_version("/v1.99"), (Some("1.99"), "/"));
+        assert_eq!(split_version("/volumes"), (None, "/volumes"));
+    }
+}

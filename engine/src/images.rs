@@ -1,0 +1,849 @@
+//! Images: pull from a registry into containerd (content, image record,
+//! unpacked snapshots) the way `ctr pull` does client-side, plus listing and
+//! resolving images for containers.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use orca_proto::images::{self as imgs, Image};
+use orca_proto::leases;
+use orca_proto::snapshots as snaps;
+use orca_proto::types::Descriptor;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::containerd::Containerd;
+use crate::error::{EngineError, Result};
+use crate::reference::{familiar, Reference};
+use crate::registry::{self, Fetched, RegistryClient};
+
+/// The GC label keeping a blob's child alive.
+const GC_CONTENT: &str = "containerd.io/gc.ref.content";
+const GC_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
+const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
+
+/// An image as found in containerd, with its manifest and config loaded.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// containerd image name (normalized reference).
+    pub name: String,
+    /// The image record's target (index or manifest).
+    pub target: Descriptor,
+    /// The platform manifest's digest.
+    pub manifest_digest: String,
+    /// "sha256:…" of the config: Docker's image ID.
+    pub config_digest: String,
+    /// The image config JSON.
+    pub config: Value,
+    /// Layer descriptors, bottom first.
+    pub layers: Vec<Descriptor>,
+    /// Chain ids of the unpacked layers, bottom first.
+    pub chain_ids: Vec<String>,
+    /// When the image record was created in containerd.
+    pub record_created: chrono::DateTime<chrono::Utc>,
+}
+
+impl ResolvedImage {
+    /// The snapshot a container's rootfs is prepared from.
+    pub fn top_chain_id(&self) -> Option<&str> {
+        self.chain_ids.last().map(|s| s.as_str())
+    }
+}
+
+/// Everything found before the progress stream starts (so errors like an
+/// unknown tag are answered with a proper status code).
+pub struct PullPlan {
+    reference: Reference,
+    top: Fetched,
+    manifest: Fetched,
+    manifest_index: Option<usize>,
+}
+
+/// The platform Orca runs containers for.
+pub fn platform_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "arm" => "arm",
+        other => other,
+    }
+}
+
+fn is_index(mt: &str) -> bool {
+    mt == registry::MT_OCI_INDEX || mt == registry::MT_DOCKER_LIST
+}
+
+fn parse_json(what: &str, b: &[u8]) -> Result<Value> {
+    serde_json::from_slice(b).map_err(|e| EngineError::internal(format!("{what}: bad JSON: {e}")))
+}
+
+fn descriptor(v: &Value) -> Result<Descriptor> {
+    let digest = v["digest"].as_str().unwrap_or("").to_string();
+    if !digest.starts_with("sha256:") || digest.len() != 71 {
+        return Err(EngineError::internal(format!(
+            "bad descriptor digest {digest:?}"
+        )));
+    }
+    Ok(Descriptor {
+        media_type: v["mediaType"].as_str().unwrap_or("").to_string(),
+        digest,
+        size: v["size"].as_i64().unwrap_or(0),
+        annotations: HashMap::new(),
+    })
+}
+
+/// Picks the linux/<arch> manifest from an index; returns its position.
+fn pick_platform(index: &Value) -> Result<(usize, Descriptor)> {
+    let arch = platform_arch();
+    let list = index["manifests"].as_array().cloned().unwrap_or_default();
+    for (i, m) in list.iter().enumerate() {
+        let p = &m["platform"];
+        if p["os"] == "linux" && p["architecture"] == arch {
+            return Ok((i, descriptor(m)?));
+        }
+    }
+    Err(EngineError::NotFound(format!(
+        "no matching manifest for linux/{arch} in the manifest list entries"
+    )))
+}
+
+/// Chain ids from diff ids (`chain[i] = sha256(chain[i-1] + " " + diff[i])`).
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(p) => format!("sha256:{}", hex::encode(Sha256::digest(format!("{p} {d}")))),
+        };
+        out.push(next);
+    }
+    out
+}
+
+fn short(digest: &str) -> String {
+    digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect()
+}
+
+fn progress_bar(current: i64, total: i64) -> String {
+    let width = 50i64;
+    let filled = if total > 0 {
+        (current * width / total).min(width)
+    } else {
+        0
+    };
+    let mut bar = "=".repeat(filled as usize);
+    if filled < width {
+        bar.push('>');
+        bar.push_str(&" ".repeat((width - filled - 1) as usize));
+    }
+    format!("[{bar}] {}/{}", human_size(current), human_size(total))
+}
+
+/// Docker's `units.HumanSize` (decimal units).
+pub fn human_size(n: i64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    // Four significant digits, like Go's %.4g.
+    let s = if v >= 100.0 {
+        format!("{v:.1}")
+    } else if v >= 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    };
+    let s = if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    };
+    s + units[u]
+}
+
+/// Sends one progress message (ignored once the client has gone).
+async fn emit(tx: &mpsc::Sender<Bytes>, v: Value) {
+    let mut s = v.to_string();
+    s.push_str("\r\n");
+    let _ = tx.send(Bytes::from(s)).await;
+}
+
+/// Image operations on containerd.
+#[derive(Clone)]
+pub struct ImageService {
+    ctrd: Containerd,
+    registry: RegistryClient,
+    snapshotter: String,
+}
+
+impl ImageService {
+    pub fn new(ctrd: Containerd, registry: RegistryClient, snapshotter: String) -> ImageService {
+        ImageService {
+            ctrd,
+            registry,
+            snapshotter,
+        }
+    }
+
+    /// The snapshotter used for unpacking.
+    pub fn snapshotter(&self) -> &str {
+        &self.snapshotter
+    }
+
+    /// Resolves the reference at the registry (top manifest and platform
+    /// manifest) before any progress is streamed.
+    pub async fn pull_prepare(&self, reference: Reference) -> Result<PullPlan> {
+        let top = self
+            .registry
+            .manifest(&reference, &reference.object())
+            .await?;
+        let (manifest, manifest_index) = if is_index(&top.media_type) {
+            let idx = parse_json("index", &top.bytes)?;
+            let (i, d) = pick_platform(&idx)?;
+            (
+                self.registry.manifest(&reference, &d.digest).await?,
+                Some(i),
+            )
+        } else {
+            (
+                Fetched {
+                    media_type: top.media_type.clone(),
+                    digest: top.digest.clone(),
+                    bytes: top.bytes.clone(),
+                },
+                None,
+            )
+        };
+        Ok(PullPlan {
+            reference,
+            top,
+            manifest,
+            manifest_index,
+        })
+    }
+
+    /// Downloads, stores and unpacks the planned image, streaming Docker's
+    /// JSON progress messages into `tx`.
+    pub async fn pull_run(&self, plan: PullPlan, tx: &mpsc::Sender<Bytes>) -> Result<()> {
+        let r = &plan.reference;
+        emit(
+            tx,
+            json!({"status": format!("Pulling from {}", r.path), "id": r.object()}),
+        )
+        .await;
+        let lease = format!("orcad-pull-{}", crate::util::random_hex(8));
+        let expire = crate::util::rfc3339(chrono::Utc::now() + chrono::Duration::hours(1));
+        self.ctrd
+            .leases()
+            .create(self.ctrd.req(leases::CreateRequest {
+                id: lease.clone(),
+                labels: HashMap::from([("containerd.io/gc.expire".to_string(), expire)]),
+            }))
+            .await
+            .map_err(|s| EngineError::grpc("create lease", s))?;
+        let res = self.pull_with_lease(&plan, tx, &lease).await;
+        if let Err(s) = self
+            .ctrd
+            .leases()
+            .delete(self.ctrd.req(leases::DeleteRequest {
+                id: lease.clone(),
+                sync: false,
+            }))
+            .await
+        {
+            warn!(lease, "cannot delete pull lease: {s}");
+        }
+        let existed = res?;
+        emit(
+            tx,
+            json!({"status": format!("Digest: {}", plan.top.digest)}),
+        )
+        .await;
+        let name = familiar(&r.full());
+        let status = if existed {
+            format!("Status: Image is up to date for {name}")
+        } else {
+            format!("Status: Downloaded newer image for {name}")
+        };
+        emit(tx, json!({"status": status})).await;
+        Ok(())
+    }
+
+    /// Returns whether the image was already up to date.
+    async fn pull_with_lease(
+        &self,
+        plan: &PullPlan,
+        tx: &mpsc::Sender<Bytes>,
+        lease: &str,
+    ) -> Result<bool> {
+        let r = &plan.reference;
+        let manifest = parse_json("manifest", &plan.manifest.bytes)?;
+        let config_desc = descriptor(&manifest["config"])?;
+        let layers: Vec<Descriptor> = manifest["layers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(descriptor)
+            .collect::<Result<_>>()?;
+
+        // The config (small): fetch, check, parse.
+        let config_bytes = match self.ctrd.content_info(&config_desc.digest).await? {
+            Some(_) => self.ctrd.read_blob(&config_desc.digest).await?,
+            None => {
+                let body = self.registry.blob(r, &config_desc.digest).await?;
+                body.collect()
+                    .await
+                    .map_err(|e| EngineError::internal(format!("config download: {e}")))?
+                    .to_bytes()
+                    .to_vec()
+            }
+        };
+        let got = format!("sha256:{}", hex::encode(Sha256::digest(&config_bytes)));
+        if got != config_desc.digest {
+            return Err(EngineError::internal(format!(
+                "config digest mismatch: expected {}, got {got}",
+                config_desc.digest
+            )));
+        }
+        let config = parse_json("image config", &config_bytes)?;
+        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        if diff_ids.len() != layers.len() {
+            return Err(EngineError::internal(format!(
+                "image config has {} diff ids for {} layers",
+                diff_ids.len(),
+                layers.len()
+            )));
+        }
+        let chains = chain_ids(&diff_ids);
+        let existed = match self.image_record(&r.full()).await? {
+            Some(img) => img.target.map(|t| t.digest) == Some(plan.top.digest.clone()),
+            None => false,
+        };
+
+        for l in &layers {
+            emit(
+                tx,
+                json!({"status": "Pulling fs layer", "progressDetail": {}, "id": short(&l.digest)}),
+            )
+            .await;
+        }
+        // Layers.
+        let mut downloaded = vec![false; layers.len()];
+        for (i, l) in layers.iter().enumerate() {
+            let labels = HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids[i].clone())]);
+            if self.ctrd.content_info(&l.digest).await?.is_some() {
+                self.ctrd.content_set_labels(&l.digest, labels).await?;
+                emit(tx, json!({"status": "Already exists", "progressDetail": {}, "id": short(&l.digest)})).await;
+                continue;
+            }
+            self.download_blob(r, l, labels, lease, tx).await?;
+            downloaded[i] = true;
+            emit(tx, json!({"status": "Download complete", "progressDetail": {}, "id": short(&l.digest)})).await;
+        }
+        // Config, manifest, index, with the GC references between them.
+        let mut config_labels = HashMap::new();
+        if let Some(top) = chains.last() {
+            config_labels.insert(format!("{GC_SNAPSHOT}.{}", self.snapshotter), top.clone());
+        }
+        self.put_blob(&config_desc.digest, config_bytes, config_labels, lease)
+            .await?;
+        let mut manifest_labels =
+            HashMap::from([(format!("{GC_CONTENT}.config"), config_desc.digest.clone())]);
+        for (i, l) in layers.iter().enumerate() {
+            manifest_labels.insert(format!("{GC_CONTENT}.l.{i}"), l.digest.clone());
+        }
+        self.put_blob(
+            &plan.manifest.digest,
+            plan.manifest.bytes.clone(),
+            manifest_labels,
+            lease,
+        )
+        .await?;
+        if let Some(i) = plan.manifest_index {
+            let labels =
+                HashMap::from([(format!("{GC_CONTENT}.m.{i}"), plan.manifest.digest.clone())]);
+            self.put_blob(&plan.top.digest, plan.top.bytes.clone(), labels, lease)
+                .await?;
+        }
+        // Unpack.
+        for (i, l) in layers.iter().enumerate() {
+            let parent = if i == 0 {
+                String::new()
+            } else {
+                chains[i - 1].clone()
+            };
+            if self.snapshot_exists(&chains[i]).await? {
+                if downloaded[i] {
+                    emit(tx, json!({"status": "Pull complete", "progressDetail": {}, "id": short(&l.digest)})).await;
+                }
+                continue;
+            }
+            emit(tx, json!({"status": "Extracting", "progressDetail": {"current": l.size, "total": l.size}, "progress": progress_bar(l.size, l.size), "id": short(&l.digest)})).await;
+            self.apply_layer(l, &parent, &chains[i], &diff_ids[i], lease)
+                .await?;
+            emit(
+                tx,
+                json!({"status": "Pull complete", "progressDetail": {}, "id": short(&l.digest)}),
+            )
+            .await;
+        }
+        // The image record.
+        let target = Descriptor {
+            media_type: plan.top.media_type.clone(),
+            digest: plan.top.digest.clone(),
+            size: plan.top.bytes.len() as i64,
+            annotations: HashMap::new(),
+        };
+        let image = Image {
+            name: r.full(),
+            target: Some(target),
+            ..Default::default()
+        };
+        match self
+            .ctrd
+            .images()
+            .create(self.ctrd.req(imgs::CreateImageRequest {
+                image: Some(image.clone()),
+                source_date_epoch: None,
+            }))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                self.ctrd
+                    .images()
+                    .update(self.ctrd.req(imgs::UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["target".into()],
+                        }),
+                        source_date_epoch: None,
+                    }))
+                    .await
+                    .map_err(|s| EngineError::grpc("update image", s))?;
+            }
+            Err(s) => return Err(EngineError::grpc("create image", s)),
+        }
+        info!(image = %r.full(), digest = %plan.top.digest, "pulled");
+        Ok(existed)
+    }
+
+    async fn put_blob(
+        &self,
+        digest: &str,
+        bytes: Vec<u8>,
+        labels: HashMap<String, String>,
+        lease: &str,
+    ) -> Result<()> {
+        if self.ctrd.content_info(digest).await?.is_some() {
+            return self.ctrd.content_set_labels(digest, labels).await;
+        }
+        let mut w = self
+            .ctrd
+            .blob_writer(digest, bytes.len() as i64, labels, Some(lease));
+        for c in bytes.chunks(1 << 20) {
+            w.write(c.to_vec()).await?;
+        }
+        w.commit().await
+    }
+
+    async fn download_blob(
+        &self,
+        r: &Reference,
+        l: &Descriptor,
+        labels: HashMap<String, String>,
+        lease: &str,
+        tx: &mpsc::Sender<Bytes>,
+    ) -> Result<()> {
+        let mut body = self.registry.blob(r, &l.digest).await?;
+        let mut w = self
+            .ctrd
+            .blob_writer(&l.digest, l.size, labels, Some(lease));
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut current: i64 = 0;
+        let mut last_report: i64 = -1;
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| EngineError::internal(format!("downloading {}: {e}", l.digest)))?;
+            if let Ok(data) = frame.into_data() {
+                current += data.len() as i64;
+                buf.extend_from_slice(&data);
+                if buf.len() >= 1 << 20 {
+                    w.write(std::mem::take(&mut buf)).await?;
+                }
+                if current - last_report >= 256 << 10 || current == l.size {
+                    last_report = current;
+                    emit(tx, json!({"status": "Downloading", "progressDetail": {"current": current, "total": l.size}, "progress": progress_bar(current, l.size), "id": short(&l.digest)})).await;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            w.write(buf).await?;
+        }
+        if current != l.size {
+            return Err(EngineError::internal(format!(
+                "blob {}: got {current} bytes, expected {}",
+                l.digest, l.size
+            )));
+        }
+        w.commit().await
+    }
+
+    async fn snapshot_exists(&self, key: &str) -> Result<bool> {
+        match self
+            .ctrd
+            .snapshots()
+            .stat(self.ctrd.req(snaps::StatSnapshotRequest {
+                snapshotter: self.snapshotter.clone(),
+                key: key.to_string(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(EngineError::grpc("stat snapshot", s)),
+        }
+    }
+
+    async fn apply_layer(
+        &self,
+        layer: &Descriptor,
+        parent: &str,
+        chain: &str,
+        diff_id: &str,
+        lease: &str,
+    ) -> Result<()> {
+        let key = format!("extract-{} {chain}", crate::util::random_hex(6));
+        let mounts = self
+            .ctrd
+            .snapshots()
+            .prepare(self.ctrd.req_lease(
+                snaps::PrepareSnapshotRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: key.clone(),
+                    parent: parent.to_string(),
+                    labels: HashMap::new(),
+                },
+                Some(lease),
+            ))
+            .await
+            .map_err(|s| EngineError::grpc("prepare snapshot", s))?
+            .into_inner()
+            .mounts;
+        let res = async {
+            let applied = self
+                .ctrd
+                .diff()
+                .apply(self.ctrd.req_lease(
+                    orca_proto::diff::ApplyRequest {
+                        diff: Some(layer.clone()),
+                        mounts,
+                        payloads: HashMap::new(),
+                        sync_fs: false,
+                    },
+                    Some(lease),
+                ))
+                .await
+                .map_err(|s| EngineError::grpc(&format!("apply layer {}", layer.digest), s))?
+                .into_inner()
+                .applied;
+            let got = applied.map(|d| d.digest).unwrap_or_default();
+            if got != diff_id {
+                return Err(EngineError::internal(format!(
+                    "layer {}: unpacked digest {got} does not match diff id {diff_id}",
+                    layer.digest
+                )));
+            }
+            match self
+                .ctrd
+                .snapshots()
+                .commit(self.ctrd.req_lease(
+                    snaps::CommitSnapshotRequest {
+                        snapshotter: self.snapshotter.clone(),
+                        name: chain.to_string(),
+                        key: key.clone(),
+                        labels: HashMap::new(),
+                    },
+                    Some(lease),
+                ))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+                Err(s) => Err(EngineError::grpc("commit snapshot", s)),
+            }
+        }
+        .await;
+        if res.is_err() {
+            let _ = self
+                .ctrd
+                .snapshots()
+                .remove(self.ctrd.req(snaps::RemoveSnapshotRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: key.clone(),
+                }))
+                .await;
+        }
+        res
+    }
+
+    async fn image_record(&self, name: &str) -> Result<Option<Image>> {
+        match self
+            .ctrd
+            .images()
+            .get(self.ctrd.req(imgs::GetImageRequest {
+                name: name.to_string(),
+            }))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().image),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(EngineError::grpc("get image", s)),
+        }
+    }
+
+    /// Loads manifest and config of an image record.
+    pub async fn load(&self, img: Image) -> Result<ResolvedImage> {
+        let target = img
+            .target
+            .clone()
+            .ok_or_else(|| EngineError::internal(format!("image {} has no target", img.name)))?;
+        let mut manifest_desc = target.clone();
+        if is_index(&target.media_type) {
+            let idx = parse_json("index", &self.ctrd.read_blob(&target.digest).await?)?;
+            manifest_desc = pick_platform(&idx)?.1;
+        }
+        let manifest = parse_json(
+            "manifest",
+            &self.ctrd.read_blob(&manifest_desc.digest).await?,
+        )?;
+        let config_digest = descriptor(&manifest["config"])?.digest;
+        let config = parse_json("config", &self.ctrd.read_blob(&config_digest).await?)?;
+        let layers: Vec<Descriptor> = manifest["layers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(descriptor)
+            .collect::<Result<_>>()?;
+        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        Ok(ResolvedImage {
+            name: img.name.clone(),
+            target,
+            manifest_digest: manifest_desc.digest,
+            config_digest,
+            config,
+            layers,
+            chain_ids: chain_ids(&diff_ids),
+            record_created: crate::util::from_proto_ts(img.created_at.as_ref()),
+        })
+    }
+
+    /// All images in the namespace, loaded (unloadable ones are skipped).
+    pub async fn all(&self) -> Result<Vec<ResolvedImage>> {
+        let list = self
+            .ctrd
+            .images()
+            .list(self.ctrd.req(imgs::ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(|s| EngineError::grpc("list images", s))?
+            .into_inner()
+            .images;
+        let mut out = Vec::new();
+        for img in list {
+            let name = img.name.clone();
+            match self.load(img).await {
+                Ok(r) => out.push(r),
+                Err(e) => debug!(image = %name, "skipping image: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds an image by reference, full ID or ID prefix.
+    pub async fn resolve(&self, name: &str) -> Result<ResolvedImage> {
+        let not_found = || EngineError::NotFound(format!("No such image: {name}"));
+        if let Ok(r) = Reference::parse(name) {
+            if let Some(img) = self.image_record(&r.full()).await? {
+                return self.load(img).await;
+            }
+        }
+        let hexpart = name.strip_prefix("sha256:").unwrap_or(name);
+        if !hexpart.is_empty()
+            && hexpart.len() <= 64
+            && hexpart.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            let all = self.all().await?;
+            let mut found: Vec<ResolvedImage> = all
+                .into_iter()
+                .filter(|i| {
+                    i.config_digest
+                        .trim_start_matches("sha256:")
+                        .starts_with(hexpart)
+                })
+                .collect();
+            found.dedup_by(|a, b| a.config_digest == b.config_digest);
+            if let Some(i) = found.into_iter().next() {
+                return Ok(i);
+            }
+        }
+        Err(not_found())
+    }
+
+    /// Disk usage of an image's unpacked layers.
+    pub async fn size(&self, img: &ResolvedImage) -> i64 {
+        let mut total = 0;
+        for c in &img.chain_ids {
+            if let Ok(u) = self
+                .ctrd
+                .snapshots()
+                .usage(self.ctrd.req(snaps::UsageRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: c.clone(),
+                }))
+                .await
+            {
+                total += u.into_inner().size;
+            }
+        }
+        if total == 0 {
+            total = img.layers.iter().map(|l| l.size).sum();
+        }
+        total
+    }
+
+    /// GET /images/json.
+    pub async fn list_json(&self) -> Result<Value> {
+        let all = self.all().await?;
+        let mut by_id: Vec<(String, Vec<ResolvedImage>)> = Vec::new();
+        for i in all {
+            match by_id.iter_mut().find(|(id, _)| *id == i.config_digest) {
+                Some((_, v)) => v.push(i),
+                None => by_id.push((i.config_digest.clone(), vec![i])),
+            }
+        }
+        let mut out = Vec::new();
+        for (id, imgs) in by_id {
+            let first = &imgs[0];
+            let size = self.size(first).await;
+            let tags: Vec<String> = imgs
+                .iter()
+                .filter(|i| !i.name.contains('@'))
+                .map(|i| familiar(&i.name))
+                .collect();
+            let digests: Vec<String> = imgs
+                .iter()
+                .filter_map(|i| {
+                    Reference::parse(&i.name)
+                        .ok()
+                        .map(|r| format!("{}@{}", familiar(&r.name()), i.target.digest))
+                })
+                .collect();
+            out.push(json!({
+                "Containers": -1,
+                "Created": created_unix(first),
+                "Id": id,
+                "Labels": first.config["config"]["Labels"].clone(),
+                "ParentId": "",
+                "RepoDigests": digests,
+                "RepoTags": tags,
+                "SharedSize": -1,
+                "Size": size,
+                "VirtualSize": size,
+            }));
+        }
+        Ok(Value::Array(out))
+    }
+
+    /// GET /images/{name}/json.
+    pub async fn inspect_json(&self, name: &str) -> Result<Value> {
+        let img = self.resolve(name).await?;
+        let size = self.size(&img).await;
+        let all = self.all().await.unwrap_or_default();
+        let same: Vec<&ResolvedImage> = all
+            .iter()
+            .filter(|i| i.config_digest == img.config_digest)
+            .collect();
+        let tags: Vec<String> = same.iter().map(|i| familiar(&i.name)).collect();
+        let digests: Vec<String> = same
+            .iter()
+            .filter_map(|i| {
+                Reference::parse(&i.name)
+                    .ok()
+                    .map(|r| format!("{}@{}", familiar(&r.name()), i.target.digest))
+            })
+            .collect();
+        let c = &img.config;
+        Ok(json!({
+            "Id": img.config_digest,
+            "RepoTags": tags,
+            "RepoDigests": digests,
+            "Parent": "",
+            "Comment": c["comment"].as_str().unwrap_or(""),
+            "Created": c["created"].as_str().unwrap_or(crate::util::ZERO_TIME),
+            "DockerVersion": "",
+            "Author": c["author"].as_str().unwrap_or(""),
+            "Config": c["config"].clone(),
+            "Architecture": c["architecture"].clone(),
+            "Os": c["os"].clone(),
+            "Size": size,
+            "GraphDriver": {"Name": self.snapshotter, "Data": null},
+            "RootFS": {"Type": "layers", "Layers": c["rootfs"]["diff_ids"].clone()},
+            "Metadata": {"LastTagTime": crate::util::rfc3339(img.record_created)},
+        }))
+    }
+}
+
+/// The image's creation time (from its config) as Unix seconds.
+pub fn created_unix(i: &ResolvedImage) -> i64 {
+    i.config["created"]
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp())
+        .unwrap_or_else(|| i.record_created.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains() {
+        let d = vec!["sha256:a".to_string(), "sha256:b".to_string()];
+        let c = chain_ids(&d);
+        assert_eq!(c[0], "sha256:a");
+        assert_eq!(
+            c[1],
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest("sha256:a sha256:b"))
+            )
+        );
+        assert_eq!(human_size(1_234_567), "1.235MB");
+        assert_eq!(human_size(999), "999B");
+    }
+}

@@ -1,0 +1,161 @@
+#![recursion_limit = "256"]
+//! orcad: the Docker Engine API on a unix socket, implemented on
+//! containerd's gRPC API (dockerd's role in the Orca stack).
+//!
+//! - [`api`]: version prefixes, router, handlers (hyper 1).
+//! - [`containerd`]: tonic client over the containerd socket, namespaced.
+//! - [`images`] / [`registry`] / [`reference`]: pull into containerd, list.
+//! - [`containers`]: container records, tasks, stdio, logs, wait.
+//! - [`spec`]: Docker's default OCI spec.
+
+pub mod api;
+pub mod containerd;
+pub mod containers;
+pub mod error;
+pub mod images;
+pub mod info;
+pub mod reference;
+pub mod registry;
+pub mod spec;
+pub mod util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixListener;
+use tracing::{debug, info};
+
+pub use error::{EngineError, Result};
+
+/// orcad's settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub containerd_socket: PathBuf,
+    pub namespace: String,
+    pub data_root: PathBuf,
+    pub exec_root: PathBuf,
+    pub runtime: String,
+    pub snapshotter: String,
+    pub cgroup_parent: String,
+    pub insecure_registries: Vec<String>,
+}
+
+/// The engine: shared by every connection.
+pub struct Engine {
+    pub cfg: EngineConfig,
+    pub id: String,
+    pub ctrd: containerd::Containerd,
+    pub images: images::ImageService,
+    pub containers: Arc<containers::Containers>,
+}
+
+impl Engine {
+    /// Connects to containerd and loads the state under data-root.
+    pub async fn new(cfg: EngineConfig) -> anyhow::Result<Arc<Engine>> {
+        std::fs::create_dir_all(&cfg.data_root)?;
+        std::fs::create_dir_all(&cfg.exec_root)?;
+        let id_path = cfg.data_root.join("engine-id");
+        let id = match std::fs::read_to_string(&id_path) {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => {
+                let id = util::random_hex(16);
+                util::write_atomic(&id_path, id.as_bytes())?;
+                id
+            }
+        };
+        let ctrd = containerd::Containerd::connect(&cfg.containerd_socket, &cfg.namespace).await?;
+        let (v, _) = ctrd.server_version().await.map_err(|e| {
+            anyhow::anyhow!(
+                "containerd at {} does not answer: {e}",
+                cfg.containerd_socket.display()
+            )
+        })?;
+        info!(containerd = %v, namespace = %cfg.namespace, "connected to containerd");
+        let images = images::ImageService::new(
+            ctrd.clone(),
+            registry::RegistryClient::new(cfg.insecure_registries.clone()),
+            cfg.snapshotter.clone(),
+        );
+        let containers = containers::Containers::new(
+            containers::ContainersConfig {
+                data_root: cfg.data_root.clone(),
+                exec_root: cfg.exec_root.clone(),
+                runtime: cfg.runtime.clone(),
+                snapshotter: cfg.snapshotter.clone(),
+                cgroup_parent: cfg.cgroup_parent.clone(),
+            },
+            ctrd.clone(),
+            images.clone(),
+        )
+        .await?;
+        Ok(Arc::new(Engine {
+            cfg,
+            id,
+            ctrd,
+            images,
+            containers,
+        }))
+    }
+}
+
+/// Binds the API socket (replacing a stale one), mode 0660.
+pub fn bind(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "cannot remove stale socket {}: {e}",
+                path.display()
+            ))
+        }
+    }
+    let l = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+/// Serves the API until `shutdown` resolves.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: UnixListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutting down");
+                return Ok(());
+            }
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| api::handle(engine.clone(), req));
+                    if let Err(e) = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await
+                    {
+                        debug!("connection ended: {e}");
+                    }
+                });
+            }
+        }
+    }
+}

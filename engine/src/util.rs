@@ -1,0 +1,200 @@
+//! Small helpers: random ids, times, query strings, atomic file writes.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// `n` random bytes from the kernel, hex-encoded.
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok();
+    if !ok {
+        // Fall back to time and pid (only if /dev/urandom is unreadable).
+        let t = Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = ((t >> ((i % 8) * 8)) as u8) ^ (std::process::id() as u8).wrapping_add(i as u8);
+        }
+    }
+    hex::encode(buf)
+}
+
+/// RFC 3339 with nanoseconds, UTC ("2024-01-02T03:04:05.123456789Z").
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// The current time as [`rfc3339`].
+pub fn now() -> String {
+    rfc3339(Utc::now())
+}
+
+/// Go's zero time as Docker prints it.
+pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// A protobuf timestamp as UTC time.
+pub fn from_proto_ts(ts: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
+    ts.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .unwrap_or_else(Utc::now)
+}
+
+/// Decodes `%XX` escapes (and `+` as space when `plus` is set).
+pub fn percent_decode(s: &str, plus: bool) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let h = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match h {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A parsed query string (last value wins).
+#[derive(Debug, Default, Clone)]
+pub struct Query(pub HashMap<String, String>);
+
+impl Query {
+    /// Parses `a=1&b=x%20y`.
+    pub fn parse(q: Option<&str>) -> Query {
+        let mut m = HashMap::new();
+        if let Some(q) = q {
+            for part in q.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = part.split_once('=').unwrap_or((part, ""));
+                m.insert(percent_decode(k, true), percent_decode(v, true));
+            }
+        }
+        Query(m)
+    }
+
+    /// A value, if present.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(|s| s.as_str())
+    }
+
+    /// A boolean the way Docker reads them ("1", "true", "True" are true).
+    pub fn bool(&self, k: &str) -> bool {
+        matches!(
+            self.get(k).map(|s| s.to_ascii_lowercase()),
+            Some(ref v) if v == "1" || v == "true"
+        )
+    }
+}
+
+/// Writes a file atomically (temp file in the same dir, fsync, rename).
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
+        random_hex(4)
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Docker's `units.HumanDuration`.
+pub fn human_duration(d: chrono::Duration) -> String {
+    let secs = d.num_seconds();
+    if secs < 1 {
+        return "Less than a second".into();
+    }
+    if secs == 1 {
+        return "1 second".into();
+    }
+    if secs < 60 {
+        return format!("{secs} seconds");
+    }
+    let mins = d.num_minutes();
+    if mins == 1 {
+        return "About a minute".into();
+    }
+    if mins < 60 {
+        return format!("{mins} minutes");
+    }
+    let hours = (d.num_seconds() as f64 / 3600.0).round() as i64;
+    if hours == 1 {
+        return "About an hour".into();
+    }
+    if hours < 48 {
+        return format!("{hours} hours");
+    }
+    if hours < 24 * 7 * 2 {
+        return format!("{} days", hours / 24);
+    }
+    if hours < 24 * 30 * 2 {
+        return format!("{} weeks", hours / 24 / 7);
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{} months", hours / 24 / 30);
+    }
+    format!("{} years", hours / 24 / 365)
+}
+
+const ADJECTIVES: &[&str] = &[
+    "admiring", "brave", "busy", "clever", "cool", "eager", "elegant", "focused", "gallant",
+    "happy", "jolly", "keen", "kind", "loving", "modest", "nifty", "quirky", "relaxed", "sharp",
+    "stoic", "tender", "vibrant", "wizardly", "zealous",
+];
+const NAMES: &[&str] = &[
+    "babbage", "curie", "darwin", "euclid", "fermat", "galileo", "hopper", "hypatia", "kepler",
+    "lovelace", "meitner", "newton", "noether", "pascal", "ritchie", "shannon", "thompson",
+    "turing", "wozniak", "yonath",
+];
+
+/// A random Docker-style name ("brave_turing").
+pub fn random_name() -> String {
+    let r = random_hex(4);
+    let v = u32::from_str_radix(&r, 16).unwrap_or(0) as usize;
+    format!(
+        "{}_{}",
+        ADJECTIVES[v % ADJECTIVES.len()],
+        NAMES[(v / ADJECTIVES.len()) % NAMES.len()]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_queries() {
+        let q = Query::parse(Some(
+            "fromImage=127.0.0.1%3A5000%2Flibrary%2Fbusybox&tag=latest&x=1",
+        ));
+        assert_eq!(q.get("fromImage"), Some("127.0.0.1:5000/library/busybox"));
+        assert!(q.bool("x"));
+        assert!(!q.bool("y"));
+        assert_eq!(percent_decode("a%2", false), "a%2");
+    }
+}

@@ -1,0 +1,266 @@
+//! orcad (the Orca engine) on a private socket, driven by the real docker CLI.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::bundle::cgroup_leftovers;
+use crate::containerd::Containerd;
+use crate::util::{bin_path, terminate, wait_until};
+
+/// The docker CLI the engine tests drive.
+pub const DOCKER_CLI: &str = "/usr/local/bin/docker";
+
+/// A running `orcad --containerd SOCK` with its own data-root, exec-root and
+/// API socket in a temp dir, logging at debug level to a file. Dropping it
+/// stops orcad (the [`Containerd`] fixture's drop cleans tasks/containers).
+pub struct Orcad {
+    child: Option<Child>,
+    dir: TempDir,
+    cgroup_parent: String,
+}
+
+impl Orcad {
+    /// Starts orcad against `containerd` and waits until `GET /_ping` answers.
+    #[track_caller]
+    pub fn start(containerd: &Containerd) -> Orcad {
+        let bin = bin_path("orcad");
+        let dir = tempfile::Builder::new()
+            .prefix("orca-orcad-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temp dir for orcad: {e}"));
+        let t = dir.path();
+        let log = fs::File::create(t.join("orcad.log"))
+            .unwrap_or_else(|e| panic!("cannot create orcad.log: {e}"));
+        let log2 = log.try_clone().expect("cannot dup a file descriptor");
+        let cgroup_parent = format!("/orca-engine-test-{}", std::process::id());
+        let child = Command::new(&bin)
+            .arg("--containerd")
+            .arg(containerd.socket())
+            .arg("--data-root")
+            .arg(t.join("data"))
+            .arg("--exec-root")
+            .arg(t.join("exec"))
+            .arg("-H")
+            .arg(format!("unix://{}", t.join("orca.sock").display()))
+            .args(["--log-level", "info,orca_engine=debug"])
+            .arg("--cgroup-parent")
+            .arg(&cgroup_parent)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut o = Orcad {
+            child: Some(child),
+            dir,
+            cgroup_parent,
+        };
+        let mut exited = false;
+        let ready = wait_until(Duration::from_secs(30), || {
+            if let Some(Ok(Some(_))) = o.child.as_mut().map(|c| c.try_wait()) {
+                exited = true;
+                return true;
+            }
+            matches!(o.http("GET", "/_ping", None), Ok((200, _)))
+        });
+        if !ready || exited {
+            panic!(
+                "orcad {}; its log:\n{}",
+                if exited {
+                    "exited during startup"
+                } else {
+                    "did not answer /_ping within 30 s"
+                },
+                o.log()
+            );
+        }
+        o
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("orca.sock")
+    }
+
+    /// `--data-root`.
+    pub fn data_root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The cgroup parent of this orcad's containers (`--cgroup-parent`).
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    /// orcad's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("orcad.log")).unwrap_or_default()
+    }
+
+    /// A docker CLI command aimed at this orcad (own DOCKER_CONFIG).
+    pub fn docker_cmd(&self) -> Command {
+        let mut c = Command::new(DOCKER_CLI);
+        let cfg = self.dir.path().join("docker-config");
+        let _ = fs::create_dir_all(&cfg);
+        c.env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
+            .env("DOCKER_CONFIG", &cfg)
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_API_VERSION")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `docker ARGS…` with a time limit (killed past it); returns its output.
+    #[track_caller]
+    pub fn docker(&self, args: &[&str], limit: Duration) -> Output {
+        let mut c = self.docker_cmd();
+        c.args(args);
+        run_with_limit(&mut c, limit)
+            .unwrap_or_else(|e| panic!("docker {args:?}: {e}\n--- orcad log ---\n{}", self.log()))
+    }
+
+    /// One raw HTTP/1.1 request on the API socket: (status, body).
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        http_unix(&self.socket(), method, path, body)
+    }
+}
+
+impl Drop for Orcad {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, Duration::from_secs(5));
+        }
+        // The per-process cgroup parent (runc removes only the containers'
+        // own cgroups); fails harmlessly while another test still uses it.
+        for p in cgroup_leftovers(&self.cgroup_parent) {
+            let _ = fs::remove_dir(p);
+        }
+        if std::thread::panicking() {
+            eprintln!("--- orcad log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Runs a command, killing it after `limit`; stdout/stderr via temp files.
+pub fn run_with_limit(c: &mut Command, limit: Duration) -> Result<Output, String> {
+    use std::io::{Seek, SeekFrom};
+    let mut out = tempfile::tempfile().map_err(|e| e.to_string())?;
+    let mut err = tempfile::tempfile().map_err(|e| e.to_string())?;
+    let mut child = c
+        .stdout(out.try_clone().map_err(|e| e.to_string())?)
+        .stderr(err.try_clone().map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("cannot run {c:?}: {e}"))?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut o = String::new();
+            let mut e = String::new();
+            let _ = out.seek(SeekFrom::Start(0));
+            let _ = out.read_to_string(&mut o);
+            let _ = err.seek(SeekFrom::Start(0));
+            let _ = err.read_to_string(&mut e);
+            return Err(format!(
+                "timed out after {limit:?}\nstdout: {o}\nstderr: {e}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    out.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    out.read_to_end(&mut stdout).map_err(|e| e.to_string())?;
+    err.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    err.read_to_end(&mut stderr).map_err(|e| e.to_string())?;
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// A raw HTTP/1.1 request over a unix socket (Connection: close).
+pub fn http_unix(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or(b"");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n");
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP head"))?;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad status line: {head:?}"),
+            )
+        })?;
+    let mut body = buf[head_end..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Ok((code, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        if b.len() < start + size {
+            out.extend_from_slice(&b[start..]);
+            break;
+        }
+        out.extend_from_slice(&b[start..start + size]);
+        b = &b[(start + size + 2).min(b.len())..];
+    }
+    out
+}

@@ -1,0 +1,247 @@
+//! Events back to containerd (or orca-supervisor): a FIFO queue drained by
+//! one thread that calls `containerd.services.events.ttrpc.v1.Events/Forward`
+//! on `$TTRPC_ADDRESS`, reconnecting and retrying with backoff while the
+//! daemon is away. Events are never dropped and keep their order.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use containerd_shim_protos::events::task as ev;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::MessageFull;
+#[cfg(test)]
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::topics;
+
+/// One event to forward.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub topic: &'static str,
+    pub any: Any,
+    pub at: SystemTime,
+}
+
+/// Packs a message the way containerd's typeurl expects: the type URL is the
+/// message's full protobuf name (no `type.googleapis.com/` prefix).
+pub fn to_any<M: MessageFull>(m: &M) -> Any {
+    let mut a = Any::new();
+    a.type_url = M::descriptor().full_name().to_string();
+    a.value = m.write_to_bytes().unwrap_or_default();
+    a
+}
+
+pub fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let mut ts = Timestamp::new();
+    ts.seconds = d.as_secs() as i64;
+    ts.nanos = d.subsec_nanos() as i32;
+    ts
+}
+
+/// The topic of each task event type.
+pub trait Topic: MessageFull {
+    const TOPIC: &'static str;
+}
+macro_rules! topic {
+    ($t:ty, $c:expr) => {
+        impl Topic for $t {
+            const TOPIC: &'static str = $c;
+        }
+    };
+}
+topic!(ev::TaskCreate, topics::TASK_CREATE_EVENT_TOPIC);
+topic!(ev::TaskStart, topics::TASK_START_EVENT_TOPIC);
+topic!(ev::TaskExit, topics::TASK_EXIT_EVENT_TOPIC);
+topic!(ev::TaskOOM, topics::TASK_OOM_EVENT_TOPIC);
+topic!(ev::TaskExecAdded, topics::TASK_EXEC_ADDED_EVENT_TOPIC);
+topic!(ev::TaskExecStarted, topics::TASK_EXEC_STARTED_EVENT_TOPIC);
+topic!(ev::TaskPaused, topics::TASK_PAUSED_EVENT_TOPIC);
+topic!(ev::TaskResumed, topics::TASK_RESUMED_EVENT_TOPIC);
+topic!(ev::TaskDelete, topics::TASK_DELETE_EVENT_TOPIC);
+
+#[derive(Default)]
+struct Queue {
+    events: VecDeque<Event>,
+    /// An event is being sent (still counted as pending).
+    in_flight: bool,
+}
+
+/// The event queue; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<(Mutex<Queue>, Condvar)>,
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Publisher::new()
+    }
+}
+
+impl Publisher {
+    /// A queue with no sender thread (see [`Publisher::start`]).
+    pub fn new() -> Publisher {
+        Publisher {
+            inner: Arc::new((Mutex::new(Queue::default()), Condvar::new())),
+        }
+    }
+
+    /// Starts forwarding to the ttrpc address (a path or `unix://path`) in
+    /// namespace `ns`.
+    pub fn start(&self, address: String, ns: String) {
+        if address.is_empty() {
+            tracing::warn!("no TTRPC_ADDRESS: events are queued but never forwarded");
+            return;
+        }
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("events".into())
+            .stack_size(128 * 1024)
+            .spawn(move || me.run(address, ns));
+    }
+
+    /// Queues an event.
+    pub fn publish<M: Topic>(&self, m: &M) {
+        self.push(Event {
+            topic: M::TOPIC,
+            any: to_any(m),
+            at: SystemTime::now(),
+        });
+    }
+
+    pub fn push(&self, e: Event) {
+        let (q, cv) = &*self.inner;
+        q.lock().unwrap_or_else(|e| e.into_inner()).events.push_back(e);
+        cv.notify_all();
+    }
+
+    /// Takes the oldest event for sending (blocks while empty).
+    fn next(&self) -> Event {
+        let (q, cv) = &*self.inner;
+        let mut g = q.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(e) = g.events.front().cloned() {
+                g.in_flight = true;
+                return e;
+            }
+            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The oldest event was delivered.
+    fn delivered(&self) {
+        let (q, cv) = &*self.inner;
+        let mut g = q.lock().unwrap_or_else(|e| e.into_inner());
+        g.events.pop_front();
+        g.in_flight = false;
+        cv.notify_all();
+    }
+
+    /// Events not yet delivered.
+    pub fn pending(&self) -> usize {
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .events
+            .len()
+    }
+
+    /// Waits until every queued event is delivered or the timeout passes;
+    /// true if the queue is empty.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (q, cv) = &*self.inner;
+        let mut g = q.lock().unwrap_or_else(|e| e.into_inner());
+        while !g.events.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = cv
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    fn run(&self, address: String, ns: String) {
+        let addr = if address.contains("://") {
+            address
+        } else {
+            format!("unix://{address}")
+        };
+        let mut client: Option<containerd_shim_protos::EventsClient> = None;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let e = self.next();
+            loop {
+                if client.is_none() {
+                    match ttrpc::Client::connect(&addr) {
+                        Ok(c) => client = Some(containerd_shim_protos::EventsClient::new(c)),
+                        Err(err) => tracing::debug!("connecting to {addr}: {err}"),
+                    }
+                }
+                if let Some(c) = &client {
+                    let mut env = Envelope::new();
+                    env.timestamp = Some(timestamp(e.at)).into();
+                    env.namespace = ns.clone();
+                    env.topic = e.topic.to_string();
+                    env.event = Some(e.any.clone()).into();
+                    let mut req = ForwardRequest::new();
+                    req.envelope = Some(env).into();
+                    let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+                    match c.forward(ctx, &req) {
+                        Ok(_) => {
+                            backoff = Duration::from_millis(50);
+                            break;
+                        }
+                        Err(err) => {
+                            tracing::debug!("forwarding {}: {err}", e.topic);
+                            client = None;
+                        }
+                    }
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            self.delivered();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_keeps_order_until_delivered() {
+        let p = Publisher::new();
+        let mut a = ev::TaskStart::new();
+        a.container_id = "a".into();
+        p.publish(&a);
+        let mut b = ev::TaskExit::new();
+        b.container_id = "a".into();
+        b.exit_status = 3;
+        p.publish(&b);
+        assert_eq!(p.pending(), 2);
+        let first = p.next();
+        assert_eq!(first.topic, "/tasks/start");
+        assert_eq!(first.any.type_url, "containerd.events.TaskStart");
+        // Not delivered yet: the same event comes again (a retry).
+        assert_eq!(p.next().topic, "/tasks/start");
+        p.delivered();
+        let second = p.next();
+        assert_eq!(second.topic, "/tasks/exit");
+        let exit = ev::TaskExit::parse_from_bytes(&second.any.value).unwrap();
+        assert_eq!(exit.exit_status, 3);
+        assert!(!p.flush(Duration::from_millis(10)));
+        p.delivered();
+        assert!(p.flush(Duration::from_millis(10)));
+    }
+}

@@ -1,0 +1,106 @@
+//! The supervisor's configuration: containerd-style TOML (`root`, `state`,
+//! `[grpc] address`, `[ttrpc] address`, `[debug] level`; other keys are
+//! ignored), overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/orca/supervisor";
+pub const DEFAULT_STATE: &str = "/run/orca/supervisor";
+pub const DEFAULT_ADDRESS: &str = "/run/orca/supervisor/supervisor.sock";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ConfigFile {
+    pub root: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub grpc: AddressSection,
+    pub ttrpc: AddressSection,
+    pub debug: DebugSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AddressSection {
+    pub address: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct DebugSection {
+    pub level: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub address: PathBuf,
+    pub ttrpc_address: PathBuf,
+    pub log_level: String,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("read config {}", path.display()), e))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::InvalidArgument(format!("config {}: {e}", path.display())))
+    }
+}
+
+impl Config {
+    /// Flags win over the file, the file over the defaults.
+    pub fn resolve(
+        file: ConfigFile,
+        root: Option<PathBuf>,
+        state: Option<PathBuf>,
+        address: Option<PathBuf>,
+        log_level: Option<String>,
+    ) -> Config {
+        let address = address
+            .or(file.grpc.address)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ADDRESS));
+        let ttrpc_address = file.ttrpc.address.unwrap_or_else(|| {
+            let mut s = address.clone().into_os_string();
+            s.push(".ttrpc");
+            PathBuf::from(s)
+        });
+        Config {
+            root: root
+                .or(file.root)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+            state: state
+                .or(file.state)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE)),
+            address,
+            ttrpc_address,
+            log_level: log_level
+                .or(file.debug.level)
+                .unwrap_or_else(|| "info".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file() {
+        let file: ConfigFile = toml::from_str(
+            "version = 2\nroot = \"/r\"\n[grpc]\naddress = \"/g.sock\"\n[debug]\nlevel = \"debug\"\n[plugins.x]\ny = 1\n",
+        )
+        .unwrap();
+        let c = Config::resolve(file, None, Some("/s".into()), None, None);
+        assert_eq!(c.root, PathBuf::from("/r"));
+        assert_eq!(c.state, PathBuf::from("/s"));
+        assert_eq!(c.address, PathBuf::from("/g.sock"));
+        assert_eq!(c.ttrpc_address, PathBuf::from("/g.sock.ttrpc"));
+        assert_eq!(c.log_level, "debug");
+    }
+}

@@ -1,0 +1,110 @@
+//! The diff service's work: applying a layer blob from the content store
+//! onto the mounts of a snapshot (bind mounts are written directly; overlay
+//! mounts are mounted on a private temp dir and written through, so
+//! deletions become overlay whiteouts).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use orca_proto::types::{Descriptor, Mount};
+
+use crate::content::ContentStore;
+use crate::error::{Error, IoContext, Result};
+use crate::layer::{apply_layer, LayerError};
+
+/// Applies layers onto snapshot mounts.
+pub struct LayerApplier {
+    content: Arc<ContentStore>,
+    mount_dir: PathBuf,
+}
+
+/// Media type of what Apply reports having applied.
+pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+impl From<LayerError> for Error {
+    fn from(e: LayerError) -> Error {
+        match e {
+            LayerError::Rejected { .. } => Error::InvalidArgument(e.to_string()),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+struct TempMount {
+    path: PathBuf,
+}
+
+impl Drop for TempMount {
+    fn drop(&mut self) {
+        if let Err(e) = umount2(&self.path, MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot unmount");
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+impl LayerApplier {
+    pub fn new(state_dir: &Path, content: Arc<ContentStore>) -> Result<LayerApplier> {
+        let mount_dir = state_dir.join("diff-mounts");
+        std::fs::create_dir_all(&mount_dir).ctx(|| format!("create {}", mount_dir.display()))?;
+        Ok(LayerApplier { content, mount_dir })
+    }
+
+    /// Applies the blob `desc` (in namespace `ns`) onto `mounts`; returns
+    /// the descriptor of the uncompressed layer (its digest is the diffID).
+    pub fn apply(&self, ns: &str, desc: &Descriptor, mounts: &[Mount]) -> Result<Descriptor> {
+        let (blob, _info) = self.content.open_blob(ns, &desc.digest)?;
+        let (target, _guard) = self.mount_target(mounts)?;
+        let applied = apply_layer(&target, std::io::BufReader::with_capacity(1 << 20, blob))?;
+        Ok(Descriptor {
+            media_type: MEDIA_TYPE_LAYER_TAR.into(),
+            digest: applied.diff_id,
+            size: applied.size as i64,
+            annotations: Default::default(),
+        })
+    }
+
+    fn mount_target(&self, mounts: &[Mount]) -> Result<(PathBuf, Option<TempMount>)> {
+        let [m] = mounts else {
+            return Err(Error::InvalidArgument(format!(
+                "apply needs exactly one mount, got {}",
+                mounts.len()
+            )));
+        };
+        match m.r#type.as_str() {
+            "bind" | "rbind" => {
+                if m.options.iter().any(|o| o == "ro") {
+                    return Err(Error::InvalidArgument(
+                        "cannot apply a layer onto a read-only mount".into(),
+                    ));
+                }
+                Ok((PathBuf::from(&m.source), None))
+            }
+            "overlay" => {
+                let path = self
+                    .mount_dir
+                    .join(uuid::Uuid::new_v4().simple().to_string());
+                std::fs::create_dir(&path).ctx(|| format!("create {}", path.display()))?;
+                let data = m.options.join(",");
+                if let Err(e) = mount(
+                    Some("overlay"),
+                    &path,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(data.as_str()),
+                ) {
+                    let _ = std::fs::remove_dir(&path);
+                    return Err(Error::Internal(format!(
+                        "mount overlay ({data}) on {}: {e}",
+                        path.display()
+                    )));
+                }
+                Ok((path.clone(), Some(TempMount { path })))
+            }
+            other => Err(Error::Unimplemented(format!(
+                "applying onto a {other:?} mount"
+            ))),
+        }
+    }
+}

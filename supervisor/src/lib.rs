@@ -1,0 +1,34 @@
+//! orca-supervisor: containerd's role in Orca. It serves containerd's gRPC
+//! API (v1 services, namespaced by the `containerd-namespace` header) on a
+//! unix socket, keeps metadata in redb, blobs in a content store, layers in
+//! an overlayfs snapshotter, and runs tasks through shim v2 processes.
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`config`] | flags + containerd-style TOML |
+//! | [`metadata`] | the redb store: namespaced records, transactions |
+//! | [`content`] | [`content::ContentStore`]: blobs, resumable ingests, digest checks |
+//! | [`snapshots`] | [`snapshots::OverlaySnapshotter`]: committed/active/view snapshots |
+//! | [`layer`] | applying a tar(.gz/.zst) layer safely (whiteouts, opaque dirs, no escapes) |
+//! | [`diff`] | [`diff::LayerApplier`]: layer blob → snapshot mounts |
+//! | [`events`] | [`events::EventBus`], Subscribe filters, ttrpc Forward receiver |
+//! | [`filters`] | containerd's filter syntax |
+//! | [`tasks`] | [`tasks::ShimManager`]: shim start bootstrap, ttrpc task calls |
+//! | [`services`] | the gRPC services |
+//! | [`server`] | sockets and wiring |
+
+pub mod config;
+pub mod content;
+pub mod diff;
+pub mod error;
+pub mod events;
+pub mod filters;
+pub mod layer;
+pub mod metadata;
+pub mod server;
+pub mod services;
+pub mod snapshots;
+pub mod tasks;
+pub mod util;
+
+pub use error::{Error, Result};
