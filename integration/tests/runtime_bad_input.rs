@@ -73,7 +73,11 @@ fn assert_fails_with(o: &Output, what: &str, needles: &[&str]) {
     assert_eq!(o.status.code(), Some(1), "{what}: {}", describe(o));
     let err = err_str(o);
     for n in needles {
-        assert!(err.contains(n), "{what}: stderr lacks {n:?}: {}", describe(o));
+        assert!(
+            err.contains(n),
+            "{what}: stderr lacks {n:?}: {}",
+            describe(o)
+        );
     }
 }
 
@@ -102,7 +106,11 @@ fn bundle_with(args: &[&str], f: impl FnOnce(&mut Value)) -> Bundle {
 fn invalid_json() {
     let rt = orca();
     let b = Bundle::busybox(&["true"]);
-    std::fs::write(b.path().join("config.json"), "{ \"ociVersion\": \"1.0.2\", ").unwrap();
+    std::fs::write(
+        b.path().join("config.json"),
+        "{ \"ociVersion\": \"1.0.2\", ",
+    )
+    .unwrap();
     create_must_fail(&rt, &b, &unique_name("bad-json"), &["config.json"]);
     std::fs::write(b.path().join("config.json"), "").unwrap();
     create_must_fail(&rt, &b, &unique_name("bad-empty"), &["config.json"]);
@@ -123,7 +131,9 @@ fn wrong_type_names_the_field() {
     create_must_fail(&rt, &b, &unique_name("bad-uid"), &["process.user.uid"]);
     let b = bundle_with(&["true"], |c| c["process"]["args"] = json!("echo hi"));
     create_must_fail(&rt, &b, &unique_name("bad-args"), &["process.args"]);
-    let b = bundle_with(&["true"], |c| c["linux"]["resources"]["memory"]["limit"] = json!("64m"));
+    let b = bundle_with(&["true"], |c| {
+        c["linux"]["resources"]["memory"]["limit"] = json!("64m")
+    });
     create_must_fail(
         &rt,
         &b,
@@ -297,16 +307,18 @@ fn failures_inside_the_init_clean_up() {
         ),
         (
             "failing createContainer hook",
-            bundle_with(&["true"], |c| {
-                c["hooks"] = json!({"createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]})
-            }),
+            bundle_with(
+                &["true"],
+                |c| c["hooks"] = json!({"createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]}),
+            ),
             "createContainer",
         ),
         (
             "hook timeout",
-            bundle_with(&["true"], |c| {
-                c["hooks"] = json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]})
-            }),
+            bundle_with(
+                &["true"],
+                |c| c["hooks"] = json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]}),
+            ),
             "timeout",
         ),
         (
@@ -446,7 +458,11 @@ fn commands_in_the_wrong_state() {
     assert!(wait_status(&rt, &id, "stopped", T));
 
     let o = rt.run(&["kill", &id, "KILL"]);
-    assert_fails_with(&o, "kill of a stopped container", &["container not running"]);
+    assert_fails_with(
+        &o,
+        "kill of a stopped container",
+        &["container not running"],
+    );
     let o = rt.run(&["exec", &id, "true"]);
     assert_fails_with(&o, "exec in a stopped container", &["stopped"]);
     let o = rt.run(&["start", &id]);
@@ -494,7 +510,11 @@ fn exec_errors() {
     let o = rt.run(&["run", "-d", "-b", b.path_str(), &id]);
     assert_success(&o, "run -d");
     let o = rt.run(&["exec", &id, "no-such-program-xyz"]);
-    assert_fails_with(&o, "exec of a missing program", &["executable file not found in $PATH"]);
+    assert_fails_with(
+        &o,
+        "exec of a missing program",
+        &["executable file not found in $PATH"],
+    );
     let o = rt.run(&["exec", &id]);
     assert_fails_with(&o, "exec without a command", &[]);
     let o = rt.run(&["exec", "-u", "root", &id, "true"]);
@@ -503,7 +523,11 @@ fn exec_errors() {
     assert_fails_with(&o, "exec with a missing cwd", &["/no/such/dir"]);
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("process.json");
-    std::fs::write(&p, json!({"args": ["true"], "cwd": "/", "user": {"uid": "x", "gid": 0}}).to_string()).unwrap();
+    std::fs::write(
+        &p,
+        json!({"args": ["true"], "cwd": "/", "user": {"uid": "x", "gid": 0}}).to_string(),
+    )
+    .unwrap();
     let o = rt.run(&["exec", "--process", p.to_str().unwrap(), &id]);
     assert_fails_with(&o, "exec with a bad process.json", &["user.uid"]);
     // Nothing of the failed execs is left in the container.
@@ -536,7 +560,10 @@ fn json_log_ends_with_the_error() {
             bundle_with(&["true"], |c| c["process"]["user"]["uid"] = json!("root")),
             "process.user.uid",
         ),
-        (Bundle::busybox(&["no-such-program-xyz"]), "executable file not found in $PATH"),
+        (
+            Bundle::busybox(&["no-such-program-xyz"]),
+            "executable file not found in $PATH",
+        ),
         (
             bundle_with(&["true"], |c| {
                 c["hooks"] = json!({"prestart": [{"path": "/bin/false", "args": ["false"]}]})
@@ -564,11 +591,14 @@ fn json_log_ends_with_the_error() {
             v["msg"].as_str().is_some_and(|m| m.contains(needle)),
             "msg lacks {needle:?}: {v}"
         );
-        let time = v["time"].as_str().unwrap_or_else(|| panic!("no time in {v}"));
+        let time = v["time"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no time in {v}"));
         assert!(time.contains('T') && time.len() >= 20, "time {time:?}");
         // Every line of the file is JSON.
         for l in std::fs::read_to_string(&log).unwrap().lines() {
-            serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("log line not JSON ({e}): {l}"));
+            serde_json::from_str::<Value>(l)
+                .unwrap_or_else(|e| panic!("log line not JSON ({e}): {l}"));
         }
         assert_nothing_left(&rt, b, &[]);
     }
@@ -586,7 +616,13 @@ fn json_log_ends_with_the_error() {
     assert_eq!(o.status.code(), Some(1));
     let v = last_json_line(&log);
     assert_eq!(v["level"], "error");
-    assert!(v["msg"].as_str().unwrap_or("").contains("container does not exist"), "{v}");
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("container does not exist"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -596,7 +632,14 @@ fn text_log_ends_with_the_error() {
     let log = dir.path().join("log.txt");
     let b = Bundle::busybox(&["no-such-program-xyz"]);
     let id = unique_name("bad-tlog");
-    let o = rt.run(&["--log", log.to_str().unwrap(), "create", "-b", b.path_str(), &id]);
+    let o = rt.run(&[
+        "--log",
+        log.to_str().unwrap(),
+        "create",
+        "-b",
+        b.path_str(),
+        &id,
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let text = std::fs::read_to_string(&log).unwrap();
     let last = text.lines().last().unwrap_or("");

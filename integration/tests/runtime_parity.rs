@@ -386,7 +386,7 @@ fn parity_filesystem() {
             &["sh", "-c", "ls -1 /sys/fs/cgroup; cat /proc/self/cgroup"],
             no_tweak,
         ),
-        case("proc is the container's", &["sh", "-c", "ls -d /proc/[0-9]* | wc -l"], no_tweak),
+        case("proc is the container's", &["sh", "-c", "echo /proc/[0-9]*"], no_tweak),
         case(
             "etc is the image's",
             &["sh", "-c", "cat /etc/passwd; ls /etc"],

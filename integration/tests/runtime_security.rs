@@ -56,11 +56,9 @@ fn exe_protection(pid: i32) -> Result<String, String> {
     if target.to_string_lossy().starts_with("/memfd:") {
         return Ok(format!("memfd {target:?}"));
     }
-    let st = nix::sys::statvfs::statvfs(link.as_str()).map_err(|e| format!("statvfs {link}: {e}"))?;
-    if st
-        .flags()
-        .contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
-    {
+    let st =
+        nix::sys::statvfs::statvfs(link.as_str()).map_err(|e| format!("statvfs {link}: {e}"))?;
+    if st.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
         Ok(format!("{target:?} on a read-only mount"))
     } else {
         Err(format!("{target:?} is on a writable mount"))
@@ -249,7 +247,8 @@ fn cve_2019_5736_proc_self_exe_script_cannot_overwrite_the_runtime() {
     assert_success(&o, "exec -d attacker");
     let root = PathBuf::from(format!("/proc/{init}/root/tmp"));
     assert!(
-        wait_until(T, || root.join("held").exists() || root.join("result").exists()),
+        wait_until(T, || root.join("held").exists()
+            || root.join("result").exists()),
         "attacker did not start"
     );
     // The direct write while it runs.
@@ -278,9 +277,14 @@ fn cve_2019_5736_proc_self_exe_script_cannot_overwrite_the_runtime() {
     );
     let result = read_trim(root.join("result"));
     let err = read_trim(root.join("err"));
-    let refused = ["Read-only file system", "Text file busy", "Permission denied", "not permitted"]
-        .iter()
-        .any(|m| err.contains(m));
+    let refused = [
+        "Read-only file system",
+        "Text file busy",
+        "Permission denied",
+        "not permitted",
+    ]
+    .iter()
+    .any(|m| err.contains(m));
     assert!(
         result == "open-failed" || (result.starts_with("rc=") && result != "rc=0" && refused),
         "the attacker wrote to the runtime binary: {result} ({err})"
@@ -358,7 +362,15 @@ fn no_descriptor_leaks_into_exec_or_the_started_init() {
         &rt,
         4,
         file,
-        &["exec", "--preserve-fds", "2", &id, "sh", "-c", "ls /proc/$$/fd; true"],
+        &[
+            "exec",
+            "--preserve-fds",
+            "2",
+            &id,
+            "sh",
+            "-c",
+            "ls /proc/$$/fd; true",
+        ],
     );
     assert_success(&o, "exec --preserve-fds 2");
     assert_eq!(out_str(&o), "0\n1\n2\n3\n4\n");
@@ -394,7 +406,11 @@ fn cve_2024_21626_cwd_through_a_leaked_descriptor_never_lands_on_the_host() {
         .unwrap();
     std::fs::write(host.path().join("HOST-MARKER"), "host").unwrap();
     let host_real = std::fs::canonicalize(host.path()).unwrap();
-    let mut b = Bundle::busybox(&["sh", "-c", "readlink /proc/self/cwd; ls; ls ..; cat ../../../HOST-MARKER 2>/dev/null"]);
+    let mut b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "readlink /proc/self/cwd; ls; ls ..; cat ../../../HOST-MARKER 2>/dev/null",
+    ]);
     let mut outcomes = Vec::new();
     for n in 3..=12 {
         b.config_mut()["process"]["cwd"] = json!(format!("/proc/self/fd/{n}"));
@@ -470,7 +486,11 @@ fn masked_paths_are_unreadable_and_cannot_be_unmasked() {
     ]);
     let out = run_ok(&rt, &b, &unique_name("sec-mask"));
     let nums: Vec<&str> = out.lines().collect();
-    assert_eq!(nums, ["0", "0", "0", "0", "0"], "masked paths readable: {out}");
+    assert_eq!(
+        nums,
+        ["0", "0", "0", "0", "0"],
+        "masked paths readable: {out}"
+    );
 }
 
 #[test]
@@ -491,10 +511,18 @@ fn readonly_paths_are_unwritable_and_cannot_be_remounted() {
     assert_success(&o, "run");
     let text = out_str(&o);
     for l in text.lines() {
-        assert!(!l.ends_with("=0"), "{l}: a read-only path was written or remounted: {}", describe(&o));
+        assert!(
+            !l.ends_with("=0"),
+            "{l}: a read-only path was written or remounted: {}",
+            describe(&o)
+        );
     }
     assert_eq!(text.lines().count(), 6, "{}", describe(&o));
-    assert!(err_str(&o).contains("Read-only file system"), "{}", describe(&o));
+    assert!(
+        err_str(&o).contains("Read-only file system"),
+        "{}",
+        describe(&o)
+    );
     assert_no_leftovers(&rt, &b, &id);
 }
 
@@ -533,12 +561,18 @@ fn default_capability_set_is_exactly_as_configured() {
         )
     };
     let m = default_caps_mask();
-    assert_eq!(run_ok(&rt, &b, &unique_name("sec-caps")), want(0, m, m, m, 0));
+    assert_eq!(
+        run_ok(&rt, &b, &unique_name("sec-caps")),
+        want(0, m, m, m, 0)
+    );
 
     // A non-root user keeps nothing but the bounding set.
     b.config_mut()["process"]["user"] = json!({"uid": 1000, "gid": 1000});
     b.save();
-    assert_eq!(run_ok(&rt, &b, &unique_name("sec-caps-u")), want(0, 0, 0, m, 0));
+    assert_eq!(
+        run_ok(&rt, &b, &unique_name("sec-caps-u")),
+        want(0, 0, 0, m, 0)
+    );
 
     // An exec gets the same sets.
     let s = Bundle::busybox(&["sleep", "1000"]);
@@ -575,9 +609,16 @@ fn default_capability_set_is_exactly_as_configured() {
 #[test]
 fn seccomp_errno_is_returned_to_the_process() {
     let rt = orca();
-    let mut b = Bundle::busybox(&["sh", "-c", "mkdir /tmp/x; echo rc=$?; ls -d /tmp/x 2>/dev/null; true"]);
+    let mut b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "mkdir /tmp/x; echo rc=$?; ls -d /tmp/x 2>/dev/null; true",
+    ]);
     add_tmp(&mut b);
-    for (errno, msg) in [(1u32, "Operation not permitted"), (38, "Function not implemented")] {
+    for (errno, msg) in [
+        (1u32, "Operation not permitted"),
+        (38, "Function not implemented"),
+    ] {
         b.config_mut()["linux"]["seccomp"] = json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno}]
@@ -601,7 +642,11 @@ fn seccomp_errno_is_returned_to_the_process() {
         assert_success(&o, "run -d");
         let o = rt.run(&["exec", &id, "mkdir", "/tmp/y"]);
         assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
-        assert!(err_str(&o).contains(msg), "exec, errno {errno}: {}", describe(&o));
+        assert!(
+            err_str(&o).contains(msg),
+            "exec, errno {errno}: {}",
+            describe(&o)
+        );
         let o = rt.run(&["exec", &id, "grep", "Seccomp:", "/proc/self/status"]);
         assert_eq!(out_str(&o), "Seccomp:\t2\n");
         let o = rt.run(&["delete", "-f", &id]);
@@ -620,7 +665,13 @@ fn symlinked_mount_destination_stays_inside_the_rootfs() {
         .tempdir()
         .unwrap();
     let host_path = host.path().to_str().unwrap().to_string();
-    let name = host.path().file_name().unwrap().to_str().unwrap().to_string();
+    let name = host
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let mut b = Bundle::busybox(&[
         "sh",
         "-c",
@@ -652,7 +703,12 @@ fn symlinked_mount_destination_stays_inside_the_rootfs() {
     let mut cmd = rt.cmd();
     cmd.args(["run", "-b", b.path_str(), &id]);
     let st = files.run(&mut cmd);
-    assert!(st.success(), "run: {st}\n{}\n{}", files.stdout(), files.stderr());
+    assert!(
+        st.success(),
+        "run: {st}\n{}\n{}",
+        files.stdout(),
+        files.stderr()
+    );
     let out = files.stdout();
     // Inside, the mounts landed on the symlinks' targets resolved in the rootfs.
     assert!(out.contains("wrote\n") && out.contains("wrote2\n"), "{out}");
@@ -662,10 +718,16 @@ fn symlinked_mount_destination_stays_inside_the_rootfs() {
     );
     // Nothing reached the host directory, and it has no mount.
     let entries: Vec<_> = std::fs::read_dir(host.path()).unwrap().collect();
-    assert!(entries.is_empty(), "the host dir {host_path} was written: {entries:?}");
+    assert!(
+        entries.is_empty(),
+        "the host dir {host_path} was written: {entries:?}"
+    );
     assert!(mounts_under(host.path()).is_empty());
     // The bind source got the write through the in-rootfs path.
-    assert!(bind_src.path().join("inside-marker2").exists(), "bind mount went elsewhere");
+    assert!(
+        bind_src.path().join("inside-marker2").exists(),
+        "bind mount went elsewhere"
+    );
     // The mount points were created inside the rootfs.
     assert!(
         b.rootfs().join("tmp").join(&name).is_dir(),
@@ -701,7 +763,10 @@ fn symlinked_mount_destination_checked_while_the_container_runs() {
         let f: Vec<&str> = l.split(' ').collect();
         f.len() > 4 && f[4] == host_str && l.contains(" - tmpfs ")
     });
-    assert!(tmpfs_at_target, "no tmpfs at {host_str} (inside the root): {mi}");
+    assert!(
+        tmpfs_at_target,
+        "no tmpfs at {host_str} (inside the root): {mi}"
+    );
     assert!(mounts_under(host.path()).is_empty());
     let o = rt.run(&["exec", &id, "sh", "-c", "touch /evil/x && ls /evil"]);
     assert_success(&o, "exec touch");

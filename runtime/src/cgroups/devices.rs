@@ -109,7 +109,7 @@ pub const DEFAULT_ALLOWED: &[DeviceRule] = &[
     DeviceRule::allow_char(Some(1), Some(9), ACC_ALL), // /dev/urandom
     // Not /dev/console (5:1): that is the host's console; runc does not allow it either (a
     // container's console is a pty, 136:*).
-    DeviceRule::allow_char(Some(136), None, ACC_ALL),  // /dev/pts/*
+    DeviceRule::allow_char(Some(136), None, ACC_ALL), // /dev/pts/*
     DeviceRule::allow_char(Some(5), Some(2), ACC_ALL), // /dev/ptmx
     DeviceRule::allow_char(Some(10), Some(200), ACC_ALL), // /dev/net/tun
 ];
