@@ -38,7 +38,10 @@ impl Stack {
             _registry: registry,
             image,
         };
-        let out = s.ctr().args(["images", "pull", "--plain-http", &s.image]).output()?;
+        let out = s
+            .ctr()
+            .args(["images", "pull", "--plain-http", &s.image])
+            .output()?;
         if !out.status.success() {
             bail!("ctr images pull: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -47,7 +50,14 @@ impl Stack {
 
     fn ctr(&self) -> Command {
         let mut c = self.ctrd.ctr_cmd_ns(TEST_NAMESPACE);
-        for v in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"] {
+        for v in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
             c.env_remove(v);
         }
         c
@@ -104,7 +114,11 @@ fn runc_shim_pids(sock: &Path) -> Vec<i32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.first().is_some_and(|a| a.contains("containerd-shim-runc-v2")) && args.iter().any(|a| *a == sock) {
+        if args
+            .first()
+            .is_some_and(|a| a.contains("containerd-shim-runc-v2"))
+            && args.iter().any(|a| *a == sock)
+        {
             pids.push(pid);
         }
     }
@@ -159,7 +173,10 @@ impl Figure for RssPerShim {
     fn measure(&self, ctx: &Ctx) -> Result<Line> {
         let mut line = Line::new(self.name(), 2);
         let st = Stack::start().context("starting containerd + registry")?;
-        for (name, subject) in [("orca", Subject::OrcaShim), ("runc-shim", Subject::RuncShim)] {
+        for (name, subject) in [
+            ("orca", Subject::OrcaShim),
+            ("runc-shim", Subject::RuncShim),
+        ] {
             match self.measure_one(&st, &subject) {
                 Ok(v) => line.value(name, Some(v)),
                 Err(e) => {
@@ -196,7 +213,10 @@ impl Figure for CtrRunTrue {
         if let Some(runc) = which("runc") {
             let cfg = st.ctrd.dir().join("bench-runc.toml");
             std::fs::write(&cfg, format!("BinaryName = \"{}\"\n", runc.display()))?;
-            subjects.push(("orca-shim+runc", Subject::OrcaShimRunc(cfg.display().to_string())));
+            subjects.push((
+                "orca-shim+runc",
+                Subject::OrcaShimRunc(cfg.display().to_string()),
+            ));
         }
         subjects.push(("runc-shim", Subject::RuncShim));
         for (name, subject) in subjects {
@@ -207,7 +227,10 @@ impl Figure for CtrRunTrue {
             for i in 0..ctx.warmup + ctx.iterations {
                 let id = unique_name(&format!("runtrue{i}"));
                 let mut c = st.ctr();
-                c.arg("run").arg("--rm").args(&rt).args([&st.image, &id, "true"]);
+                c.arg("run")
+                    .arg("--rm")
+                    .args(&rt)
+                    .args([&st.image, &id, "true"]);
                 match timed(&mut c).and_then(|r| r.check("ctr run --rm true")) {
                     Ok(r) if i >= ctx.warmup => samples.push(ms(r.wall)),
                     Ok(_) => {}

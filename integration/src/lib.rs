@@ -21,9 +21,9 @@ pub mod mounts;
 pub mod registry;
 pub mod rootfs;
 pub mod runtime;
-pub mod supervisor_support;
-pub mod shim_support;
 pub mod runtime_helpers;
+pub mod shim_support;
+pub mod supervisor_support;
 pub mod util;
 
 pub use bundle::{cgroup_leftovers, default_spec, Bundle, CGROUP_PARENT, DEFAULT_CAPS};
@@ -35,12 +35,12 @@ pub use mounts::{mounts_under, unmount_all_under};
 pub use registry::Registry;
 pub use rootfs::make_busybox_rootfs;
 pub use runtime::{is_cgroup_hybrid, Runtime, RuntimeKind};
-pub use supervisor_support::Supervisor;
+pub use runtime_helpers::*;
 pub use shim_support::{
     kill_containerd, orca_shim_pids, restart_containerd, use_orca_shim, RestartedContainerd,
     ORCA_RUNTIME_NAME, ORCA_SHIM_LINK,
 };
-pub use runtime_helpers::*;
+pub use supervisor_support::Supervisor;
 pub use util::{
     assert_success, bin_dir, bin_path, free_port, have, http_get, output_via_files, require_root,
     require_tool, try_bin_path, unique_name, wait_until, which,

@@ -58,7 +58,9 @@ pub fn orca_shim_pids(containerd_socket: &std::path::Path) -> Vec<i32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.first().is_some_and(|a| a.contains(ORCA_SHIM_LINK)) && args.iter().any(|a| *a == sock) {
+        if args.first().is_some_and(|a| a.contains(ORCA_SHIM_LINK))
+            && args.iter().any(|a| *a == sock)
+        {
             pids.push(pid);
         }
     }
@@ -119,7 +121,11 @@ pub fn restart_containerd(c: &Containerd) -> RestartedContainerd {
     let ok = wait_until(Duration::from_secs(30), || {
         c.socket().exists() && c.ctr(&["version"]).status.success()
     });
-    assert!(ok, "restarted containerd does not answer; log:\n{}", c.log());
+    assert!(
+        ok,
+        "restarted containerd does not answer; log:\n{}",
+        c.log()
+    );
     r
 }
 

@@ -1240,3 +1240,78 @@ fn cgroup_limits_from_the_config() {
     assert_eq!(out_str(&o), "33554432\n");
     force_delete_clean(&rt, &b, &id);
 }
+
+#[test]
+fn domainname_and_oom_score_adj_are_applied() {
+    let rt = orca();
+    let mut b = Bundle::busybox(&[
+        "sh",
+        "-c",
+        "cat /proc/sys/kernel/domainname; cat /proc/self/oom_score_adj",
+    ]);
+    b.config_mut()["domainname"] = json!("orca.example");
+    b.config_mut()["process"]["oomScoreAdj"] = json!(321);
+    b.save();
+    let id = unique_name("dom");
+    let out = run_ok(&rt, &b, &id);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, vec!["orca.example", "321"], "output: {out:?}");
+    assert_no_leftovers(&rt, &b, &id);
+}
+
+#[test]
+fn rootfs_propagation_decides_whether_later_host_mounts_show_up() {
+    // The rootfs is a shared mount on the host. A mount made under it after the container
+    // started propagates into the container with "rslave" and must not with "rprivate".
+    let rt = orca();
+    let sh = |args: &[&str]| {
+        let st = std::process::Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(st.success(), "{args:?}");
+    };
+    for (mode, expect_visible) in [("rprivate", false), ("rslave", true)] {
+        let mut b = Bundle::busybox(&["sleep", "100"]);
+        b.config_mut()["linux"]["rootfsPropagation"] = json!(mode);
+        b.save();
+        let rootfs = b.rootfs().to_str().unwrap().to_string();
+        std::fs::create_dir_all(b.rootfs().join("mnt/late")).unwrap();
+        sh(&["mount", "--bind", &rootfs, &rootfs]);
+        sh(&["mount", "--make-shared", &rootfs]);
+        let id = unique_name("prop");
+        let pid = run_detached(&rt, &b, &id);
+        let late = format!("{rootfs}/mnt/late");
+        sh(&["mount", "-t", "tmpfs", "tmpfs", &late]);
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap_or_default();
+        let visible = mounts.lines().any(|l| l.split(' ').nth(1) == Some("/mnt/late"));
+        let _ = std::process::Command::new("umount").arg("-l").arg(&late).status();
+        let _ = rt.run(&["delete", "-f", &id]);
+        let _ = std::process::Command::new("umount").arg("-l").arg(&rootfs).status();
+        assert_no_leftovers(&rt, &b, &id);
+        assert_eq!(
+            visible, expect_visible,
+            "rootfsPropagation {mode}: host mount visible inside = {visible}\n{mounts}"
+        );
+    }
+}
+
+#[test]
+fn events_reports_an_oom_kill() {
+    let rt = orca();
+    let mut b = Bundle::busybox(&["sleep", "100"]);
+    b.config_mut()["linux"]["resources"]["memory"] = json!({"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024});
+    add_tmp(&mut b);
+    b.save();
+    let id = unique_name("oom");
+    run_detached(&rt, &b, &id);
+    let files = OutputFiles::new();
+    let mut events = rt.cmd();
+    events.args(["events", "--interval", "1s", &id]);
+    files.attach(&mut events);
+    let mut child = events.spawn().expect("spawn events");
+    // Fill memory from an exec'd process until the kernel's OOM killer steps in.
+    let _ = rt.run(&["exec", &id, "sh", "-c", "x=a; while true; do x=$x$x; done"]);
+    let seen = files.wait_stdout("\"type\":\"oom\"", Duration::from_secs(15));
+    let _ = child.kill();
+    let _ = child.wait();
+    force_delete_clean(&rt, &b, &id);
+    assert!(seen, "no oom event from `events`: {}", files.stdout());
+}

@@ -107,7 +107,8 @@ impl Env {
     }
 
     fn task_pid(&self, id: &str) -> Option<i32> {
-        self.task_line(id).and_then(|f| f.get(1).and_then(|p| p.parse().ok()))
+        self.task_line(id)
+            .and_then(|f| f.get(1).and_then(|p| p.parse().ok()))
     }
 
     #[track_caller]
@@ -132,7 +133,11 @@ impl Env {
             left = orca_shim_pids(&self.ctrd.socket());
             left.is_empty()
         });
-        assert!(left.is_empty(), "orca shims left behind: {left:?}\n{}", self.diagnostics());
+        assert!(
+            left.is_empty(),
+            "orca shims left behind: {left:?}\n{}",
+            self.diagnostics()
+        );
         let m = mounts_under(self.ctrd.dir());
         assert!(m.is_empty(), "mounts left behind: {m:?}");
     }
@@ -231,7 +236,10 @@ fn run_in_pty(cmd: &mut Command, timeout: Duration) -> (std::process::ExitStatus
     while !reader.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(reader.is_finished(), "{cmd:?}: the pty stayed open after exit");
+    assert!(
+        reader.is_finished(),
+        "{cmd:?}: the pty stayed open after exit"
+    );
     (status, text(&reader.join().expect("reader")))
 }
 
@@ -247,7 +255,8 @@ fn whole_life(env: &Env, runc: Option<&Path>) {
     let mut flags: Vec<String> = Vec::new();
     if let Some(r) = runc {
         let cfg = env.ctrd.dir().join("orca-shim-runc.toml");
-        std::fs::write(&cfg, format!("BinaryName = \"{}\"\n", r.display())).expect("write runtime config");
+        std::fs::write(&cfg, format!("BinaryName = \"{}\"\n", r.display()))
+            .expect("write runtime config");
         flags.push("--runtime-config-path".into());
         flags.push(cfg.display().to_string());
     }
@@ -260,7 +269,15 @@ fn whole_life(env: &Env, runc: Option<&Path>) {
     // Output and exit code.
     let id = unique_name("shim-run");
     let f = fl(&["--rm"]);
-    let out = env.ctr_run(&as_refs(&f), &id, &["sh", "-c", "echo hello from orca-shim; echo err >&2; exit 3"]);
+    let out = env.ctr_run(
+        &as_refs(&f),
+        &id,
+        &[
+            "sh",
+            "-c",
+            "echo hello from orca-shim; echo err >&2; exit 3",
+        ],
+    );
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -269,8 +286,16 @@ fn whole_life(env: &Env, runc: Option<&Path>) {
         text(&out.stderr),
         env.diagnostics()
     );
-    assert!(text(&out.stdout).contains("hello from orca-shim"), "stdout: {:?}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("err"), "stderr: {:?}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("hello from orca-shim"),
+        "stdout: {:?}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("err"),
+        "stderr: {:?}",
+        text(&out.stderr)
+    );
 
     // A terminal.
     let id = unique_name("shim-tty");
@@ -279,7 +304,12 @@ fn whole_life(env: &Env, runc: Option<&Path>) {
     c.args(as_refs(&fl(&["-t", "--rm"])));
     c.arg(&env.image).arg(&id).args(["sh", "-c", "tty; exit 5"]);
     let (status, out) = run_in_pty(&mut c, Duration::from_secs(60));
-    assert_eq!(status.code(), Some(5), "tty run: {out}\n{}", env.diagnostics());
+    assert_eq!(
+        status.code(),
+        Some(5),
+        "tty run: {out}\n{}",
+        env.diagnostics()
+    );
     assert!(out.contains("/dev/pts/"), "tty output: {out:?}");
 
     // Detached: exec, ps, pause/resume, metrics, kill, delete.
@@ -288,12 +318,39 @@ fn whole_life(env: &Env, runc: Option<&Path>) {
     env.check(&out, "ctr run -d");
     env.wait_status(&id, "RUNNING");
     if let Some(r) = runc {
-        let name = r.file_name().expect("runc file name").to_string_lossy().into_owned();
-        let state = Path::new("/run/containerd/orca").join(name).join(TEST_NAMESPACE).join(&id);
-        assert!(state.exists(), "{} has no state for {id} at {}", r.display(), state.display());
+        let name = r
+            .file_name()
+            .expect("runc file name")
+            .to_string_lossy()
+            .into_owned();
+        let state = Path::new("/run/containerd/orca")
+            .join(name)
+            .join(TEST_NAMESPACE)
+            .join(&id);
+        assert!(
+            state.exists(),
+            "{} has no state for {id} at {}",
+            r.display(),
+            state.display()
+        );
     }
-    let out = env.ctr(&["task", "exec", "--exec-id", "e1", &id, "sh", "-c", "echo exec-out; exit 4"]);
-    assert_eq!(out.status.code(), Some(4), "exec: {:?} {:?}", text(&out.stdout), text(&out.stderr));
+    let out = env.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "sh",
+        "-c",
+        "echo exec-out; exit 4",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "exec: {:?} {:?}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert!(text(&out.stdout).contains("exec-out"));
     let mut c = env.ctr_cmd();
     c.args(["task", "exec", "-t", "--exec-id", "e2", &id, "tty"]);
@@ -303,7 +360,11 @@ fn whole_life(env: &Env, runc: Option<&Path>) {
     let out = env.ctr(&["task", "ps", &id]);
     env.check(&out, "ctr task ps");
     let pid = env.task_pid(&id).expect("task pid");
-    assert!(text(&out.stdout).contains(&pid.to_string()), "ps: {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains(&pid.to_string()),
+        "ps: {}",
+        text(&out.stdout)
+    );
     let out = env.ctr(&["task", "pause", &id]);
     env.check(&out, "ctr task pause");
     env.wait_status(&id, "PAUSED");
@@ -312,7 +373,11 @@ fn whole_life(env: &Env, runc: Option<&Path>) {
     env.wait_status(&id, "RUNNING");
     let out = env.ctr(&["task", "metrics", &id]);
     env.check(&out, "ctr task metrics");
-    assert!(text(&out.stdout).contains("memory"), "metrics: {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("memory"),
+        "metrics: {}",
+        text(&out.stdout)
+    );
     let out = env.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
     env.check(&out, "ctr task kill");
     env.wait_status(&id, "STOPPED");
@@ -356,12 +421,19 @@ fn containers_survive_a_containerd_restart_and_exits_are_reported() {
     let env = Env::start();
     let a = unique_name("shim-keep");
     let b = unique_name("shim-exit");
-    env.check(&env.ctr_run(&["-d"], &a, &["sleep", "1000"]), "ctr run -d a");
+    env.check(
+        &env.ctr_run(&["-d"], &a, &["sleep", "1000"]),
+        "ctr run -d a",
+    );
     env.check(
         &env.ctr_run(
             &["-d"],
             &b,
-            &["sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7"],
+            &[
+                "sh",
+                "-c",
+                "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 7",
+            ],
         ),
         "ctr run -d b",
     );
@@ -372,7 +444,10 @@ fn containers_survive_a_containerd_restart_and_exits_are_reported() {
     // While containerd is down: a keeps running, b exits with 7.
     std::fs::write(task_rootfs(&env, &b).join("tmp/go"), b"").expect("trigger b's exit");
     std::thread::sleep(Duration::from_millis(800));
-    assert!(Path::new(&format!("/proc/{pid_a}")).exists(), "container a died with containerd");
+    assert!(
+        Path::new(&format!("/proc/{pid_a}")).exists(),
+        "container a died with containerd"
+    );
     let restarted = restart_containerd(&env.ctrd);
     env.wait_status(&a, "RUNNING");
     env.wait_status(&b, "STOPPED");
@@ -388,9 +463,16 @@ fn containers_survive_a_containerd_restart_and_exits_are_reported() {
     env.wait_status(&a, "STOPPED");
     let out = env.ctr(&["task", "delete", &a]);
     env.check(&out, "ctr task delete a");
-    assert!(text(&out.stderr).contains("exit code 137"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("exit code 137"),
+        "{}",
+        text(&out.stderr)
+    );
     for id in [&a, &b] {
-        env.check(&env.ctr(&["container", "delete", id]), "ctr container delete");
+        env.check(
+            &env.ctr(&["container", "delete", id]),
+            "ctr container delete",
+        );
     }
     env.assert_no_shims_or_mounts();
     drop(restarted);
@@ -418,13 +500,29 @@ fn churn_leaves_no_shim_mount_cgroup_or_fifo_behind() {
         let cg = format!("/{TEST_NAMESPACE}/{id}");
         let left = cgroup_leftovers(&cg);
         assert!(left.is_empty(), "cgroups left behind: {left:?}");
-        let state = Path::new("/run/containerd/orca/orca-runtime").join(TEST_NAMESPACE).join(id);
-        assert!(!state.exists(), "runtime state {} left behind", state.display());
+        let state = Path::new("/run/containerd/orca/orca-runtime")
+            .join(TEST_NAMESPACE)
+            .join(id);
+        assert!(
+            !state.exists(),
+            "runtime state {} left behind",
+            state.display()
+        );
     }
     let fifos_after = std::fs::read_dir(fifo_dir).map(|d| d.count()).unwrap_or(0);
-    assert!(fifos_after <= fifos_before, "FIFO dirs left in {}: {fifos_before} → {fifos_after}", fifo_dir.display());
-    let ptys = std::fs::read_dir("/run/orca-shim").map(|d| d.count()).unwrap_or(0);
+    assert!(
+        fifos_after <= fifos_before,
+        "FIFO dirs left in {}: {fifos_before} → {fifos_after}",
+        fifo_dir.display()
+    );
+    let ptys = std::fs::read_dir("/run/orca-shim")
+        .map(|d| d.count())
+        .unwrap_or(0);
     assert_eq!(ptys, 0, "console sockets left in /run/orca-shim");
     let out = env.ctr(&["task", "ls", "-q"]);
-    assert!(text(&out.stdout).trim().is_empty(), "tasks left: {}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).trim().is_empty(),
+        "tasks left: {}",
+        text(&out.stdout)
+    );
 }

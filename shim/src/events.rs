@@ -10,8 +10,6 @@ use std::time::{Duration, Instant, SystemTime};
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim_protos::protobuf::MessageFull;
-#[cfg(test)]
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
@@ -25,11 +23,39 @@ pub struct Event {
     pub at: SystemTime,
 }
 
+/// A message's full protobuf name, as a constant: asking protobuf's
+/// reflection for it would build (and keep) every descriptor of the file.
+pub trait TypeUrl: Message {
+    const TYPE_URL: &'static str;
+}
+
+macro_rules! type_url {
+    ($($t:ty => $u:expr),* $(,)?) => {
+        $(impl TypeUrl for $t {
+            const TYPE_URL: &'static str = $u;
+        })*
+    };
+}
+type_url! {
+    ev::TaskCreate => "containerd.events.TaskCreate",
+    ev::TaskStart => "containerd.events.TaskStart",
+    ev::TaskExit => "containerd.events.TaskExit",
+    ev::TaskOOM => "containerd.events.TaskOOM",
+    ev::TaskExecAdded => "containerd.events.TaskExecAdded",
+    ev::TaskExecStarted => "containerd.events.TaskExecStarted",
+    ev::TaskPaused => "containerd.events.TaskPaused",
+    ev::TaskResumed => "containerd.events.TaskResumed",
+    ev::TaskDelete => "containerd.events.TaskDelete",
+    containerd_shim_protos::cgroups::metrics::Metrics => "io.containerd.cgroups.v1.Metrics",
+    containerd_shim_protos::cgroups_v2::metrics::Metrics => "io.containerd.cgroups.v2.Metrics",
+    containerd_shim_protos::shim::oci::ProcessDetails => "containerd.runc.v1.ProcessDetails",
+}
+
 /// Packs a message the way containerd's typeurl expects: the type URL is the
 /// message's full protobuf name (no `type.googleapis.com/` prefix).
-pub fn to_any<M: MessageFull>(m: &M) -> Any {
+pub fn to_any<M: TypeUrl>(m: &M) -> Any {
     let mut a = Any::new();
-    a.type_url = M::descriptor().full_name().to_string();
+    a.type_url = M::TYPE_URL.to_string();
     a.value = m.write_to_bytes().unwrap_or_default();
     a
 }
@@ -43,7 +69,7 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
 }
 
 /// The topic of each task event type.
-pub trait Topic: MessageFull {
+pub trait Topic: TypeUrl {
     const TOPIC: &'static str;
 }
 macro_rules! topic {
@@ -115,7 +141,10 @@ impl Publisher {
 
     pub fn push(&self, e: Event) {
         let (q, cv) = &*self.inner;
-        q.lock().unwrap_or_else(|e| e.into_inner()).events.push_back(e);
+        q.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .events
+            .push_back(e);
         cv.notify_all();
     }
 
@@ -195,7 +224,8 @@ impl Publisher {
                     env.event = Some(e.any.clone()).into();
                     let mut req = ForwardRequest::new();
                     req.envelope = Some(env).into();
-                    let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+                    let ctx =
+                        ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
                     match c.forward(ctx, &req) {
                         Ok(_) => {
                             backoff = Duration::from_millis(50);
@@ -218,6 +248,26 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_urls_match_descriptors() {
+        use containerd_shim_protos::protobuf::MessageFull;
+        fn check<M: TypeUrl + MessageFull>() {
+            assert_eq!(M::TYPE_URL, M::descriptor().full_name());
+        }
+        check::<ev::TaskCreate>();
+        check::<ev::TaskStart>();
+        check::<ev::TaskExit>();
+        check::<ev::TaskOOM>();
+        check::<ev::TaskExecAdded>();
+        check::<ev::TaskExecStarted>();
+        check::<ev::TaskPaused>();
+        check::<ev::TaskResumed>();
+        check::<ev::TaskDelete>();
+        check::<containerd_shim_protos::cgroups::metrics::Metrics>();
+        check::<containerd_shim_protos::cgroups_v2::metrics::Metrics>();
+        check::<containerd_shim_protos::shim::oci::ProcessDetails>();
+    }
 
     #[test]
     fn queue_keeps_order_until_delivered() {

@@ -79,7 +79,10 @@ impl ProcessIo {
         // for the call; the fd is an open pty master.
         let r = unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         if r < 0 {
-            return Err(Error::io("resizing the terminal", std::io::Error::last_os_error()));
+            return Err(Error::io(
+                "resizing the terminal",
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }
@@ -209,13 +212,8 @@ fn copy_stdin(path: String, target: Arc<Mutex<Option<OwnedFd>>>, stop: OwnedFd) 
         let mut off = 0usize;
         while off < n as usize {
             // SAFETY: the slice is initialised up to n; t is open.
-            let w = unsafe {
-                libc::write(
-                    t.as_raw_fd(),
-                    buf[off..].as_ptr().cast(),
-                    n as usize - off,
-                )
-            };
+            let w =
+                unsafe { libc::write(t.as_raw_fd(), buf[off..].as_ptr().cast(), n as usize - off) };
             if w < 0 {
                 if Errno::last() == Errno::EINTR {
                     continue;

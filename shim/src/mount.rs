@@ -99,7 +99,12 @@ fn mount_one(m: &MountSpec, target: &Path) -> Result<()> {
         },
         data,
     )
-    .map_err(|e| Error::errno(format!("mounting {} ({}) on {}", m.source, m.kind, target.display()), e))?;
+    .map_err(|e| {
+        Error::errno(
+            format!("mounting {} ({}) on {}", m.source, m.kind, target.display()),
+            e,
+        )
+    })?;
     if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
         mount(
             None::<&str>,
@@ -140,7 +145,9 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let (f, p, d) = parse_options(&o);
-        assert!(f.contains(MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NOSUID));
+        assert!(f.contains(
+            MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NOSUID
+        ));
         assert!(p.is_empty());
         assert_eq!(d, "lowerdir=/a:/b,index=off");
         let (f, _, _) = parse_options(&["ro".to_string(), "rw".to_string()]);

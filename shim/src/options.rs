@@ -53,12 +53,14 @@ pub fn options_from_toml(text: &str) -> Result<Options> {
         let v = v.trim();
         let string = || v.trim_matches('"').trim_matches('\'').to_string();
         let boolean = || -> Result<bool> {
-            v.parse()
-                .map_err(|_| Error::InvalidArgument(format!("runtime config {k}: not a boolean: {v}")))
+            v.parse().map_err(|_| {
+                Error::InvalidArgument(format!("runtime config {k}: not a boolean: {v}"))
+            })
         };
         let number = || -> Result<u32> {
-            v.parse()
-                .map_err(|_| Error::InvalidArgument(format!("runtime config {k}: not a number: {v}")))
+            v.parse().map_err(|_| {
+                Error::InvalidArgument(format!("runtime config {k}: not a number: {v}"))
+            })
         };
         match k {
             "BinaryName" | "binary_name" => o.binary_name = string(),

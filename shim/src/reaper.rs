@@ -176,7 +176,11 @@ mod tests {
         r.record(12, 0);
         drop(s);
         let s = r.subscribe();
-        assert_eq!(s.try_take(12), None, "exits are cleared with the last subscriber");
+        assert_eq!(
+            s.try_take(12),
+            None,
+            "exits are cleared with the last subscriber"
+        );
     }
 
     #[test]

@@ -77,7 +77,8 @@ pub fn resolve_binary(name: &str) -> Result<PathBuf> {
             }
         }
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     for d in std::env::split_paths(&path) {
         let p = d.join(name);
         if is_executable(&p) {

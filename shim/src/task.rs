@@ -103,13 +103,16 @@ fn pid_file(path: &Path) -> Result<u32> {
         .map_err(|_| Error::Other(format!("bad pid file {}: {s:?}", path.display())))
 }
 
-fn parse_options(any: &MessageField<containerd_shim_protos::protobuf::well_known_types::any::Any>) -> Result<Options> {
+fn parse_options(
+    any: &MessageField<containerd_shim_protos::protobuf::well_known_types::any::Any>,
+) -> Result<Options> {
     crate::options::parse(any.as_ref())
 }
 
 /// Runtime options given to `start` on stdin (a protobuf Any), if any.
 pub fn options_from_bootstrap(bytes: &[u8]) -> Option<Options> {
-    let any = containerd_shim_protos::protobuf::well_known_types::any::Any::parse_from_bytes(bytes).ok()?;
+    let any = containerd_shim_protos::protobuf::well_known_types::any::Any::parse_from_bytes(bytes)
+        .ok()?;
     parse_options(&Some(any).into()).ok()
 }
 
@@ -174,7 +177,10 @@ impl TaskService {
         let (tx, rx) = mpsc::channel::<(i32, u32)>();
         let tx = Mutex::new(tx);
         Reaper::global().set_callback(Box::new(move |pid, code| {
-            let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send((pid, code));
+            let _ = tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send((pid, code));
         }));
         let me = self.clone();
         std::thread::Builder::new()
@@ -228,13 +234,14 @@ impl TaskService {
         self.inner.events.publish(&e);
     }
 
-    fn container<'a>(g: &'a mut MutexGuard<'_, Option<Container>>, id: &str) -> Result<&'a mut Container> {
+    fn container<'a>(
+        g: &'a mut MutexGuard<'_, Option<Container>>,
+        id: &str,
+    ) -> Result<&'a mut Container> {
         match g.as_mut() {
             Some(c) if c.id == id => Ok(c),
             Some(_) => Err(Error::NotFound(format!("container {id:?}"))),
-            None => Err(Error::NotFound(format!(
-                "container {id:?} (not created)"
-            ))),
+            None => Err(Error::NotFound(format!("container {id:?} (not created)"))),
         }
     }
 
@@ -244,7 +251,10 @@ impl TaskService {
             return Err(Error::AlreadyExists(format!("container {:?}", c.id)));
         }
         if req.id.is_empty() || req.id.contains('/') {
-            return Err(Error::InvalidArgument(format!("bad container id {:?}", req.id)));
+            return Err(Error::InvalidArgument(format!(
+                "bad container id {:?}",
+                req.id
+            )));
         }
         if req.bundle.is_empty() || !Path::new(&req.bundle).join("config.json").exists() {
             return Err(Error::InvalidArgument(format!(
@@ -287,14 +297,21 @@ impl TaskService {
             terminal: req.terminal,
         };
         let pidfile = bundle.join("init.pid");
-        let mut args: Vec<OsString> = vec!["create".into(), "--bundle".into(), bundle.clone().into(), "--pid-file".into(), pidfile.clone().into()];
+        let mut args: Vec<OsString> = vec![
+            "create".into(),
+            "--bundle".into(),
+            bundle.clone().into(),
+            "--pid-file".into(),
+            pidfile.clone().into(),
+        ];
         if opts.no_pivot_root {
             args.push("--no-pivot".into());
         }
         if opts.no_new_keyring {
             args.push("--no-new-keyring".into());
         }
-        let result = self.spawn_with_stdio(&runtime, args, &req.id, &stdio, opts.io_uid, opts.io_gid);
+        let result =
+            self.spawn_with_stdio(&runtime, args, &req.id, &stdio, opts.io_uid, opts.io_gid);
         let fail = |e: Error| {
             let _ = runtime.delete(&req.id, true);
             if let Some(r) = &rootfs {
@@ -549,7 +566,11 @@ impl TaskService {
         if p.exited().is_some() {
             return Err(Error::NotFound(format!(
                 "process {} (already finished)",
-                if req.exec_id.is_empty() { &c.id } else { &req.exec_id }
+                if req.exec_id.is_empty() {
+                    &c.id
+                } else {
+                    &req.exec_id
+                }
             )));
         }
         if req.exec_id.is_empty() {
@@ -641,7 +662,11 @@ impl TaskService {
     fn do_pause(&self, id: &str, pause: bool) -> Result<()> {
         let mut g = self.lock();
         let c = Self::container(&mut g, id)?;
-        let want = if pause { Status::Running } else { Status::Paused };
+        let want = if pause {
+            Status::Running
+        } else {
+            Status::Paused
+        };
         if c.init.exited().is_some() || c.init.status != want {
             return Err(Error::FailedPrecondition(format!(
                 "container {:?} is not {}",
@@ -683,7 +708,10 @@ impl TaskService {
             let mut g = self.lock();
             let c = Self::container(&mut g, &req.id)?;
             if c.init.exited().is_some() {
-                return Err(Error::FailedPrecondition(format!("container {:?} has exited", c.id)));
+                return Err(Error::FailedPrecondition(format!(
+                    "container {:?} has exited",
+                    c.id
+                )));
             }
             c.init.pid
         };
@@ -724,7 +752,9 @@ impl TaskService {
         let p = c.process(&req.exec_id)?;
         match &p.io {
             Some(io) => io.resize(req.width, req.height),
-            None => Err(Error::FailedPrecondition("the process is not started".into())),
+            None => Err(Error::FailedPrecondition(
+                "the process is not started".into(),
+            )),
         }
     }
 
@@ -752,11 +782,17 @@ impl TaskService {
         let mut all = HashMap::new();
         let svc: Arc<dyn Task + Send + Sync> = Arc::new(self.clone());
         for (k, v) in containerd_shim_protos::create_task(svc.clone()) {
-            all.insert(k, Box::new(Guarded(v)) as Box<dyn MethodHandler + Send + Sync>);
+            all.insert(
+                k,
+                Box::new(Guarded(v)) as Box<dyn MethodHandler + Send + Sync>,
+            );
         }
         for (k, v) in containerd_shim_protos::create_task(svc) {
             let k = k.replace("/containerd.task.v2.Task/", "/containerd.task.v3.Task/");
-            all.insert(k, Box::new(Guarded(v)) as Box<dyn MethodHandler + Send + Sync>);
+            all.insert(
+                k,
+                Box::new(Guarded(v)) as Box<dyn MethodHandler + Send + Sync>,
+            );
         }
         all
     }
@@ -795,13 +831,21 @@ impl Task for TaskService {
     fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
         reply("state", self.do_state(req))
     }
-    fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> ttrpc::Result<api::CreateTaskResponse> {
+    fn create(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
         reply("create", self.do_create(req))
     }
     fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
         reply("start", self.do_start(req))
     }
-    fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
+    fn delete(
+        &self,
+        _: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
         reply("delete", self.do_delete(req))
     }
     fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
@@ -813,8 +857,15 @@ impl Task for TaskService {
     fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
         reply("resume", self.do_pause(&req.id, false)).map(|_| Empty::new())
     }
-    fn checkpoint(&self, _: &TtrpcContext, _req: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {
-        Err(Error::Unimplemented("checkpoint (orca-shim does not support checkpoints yet)".into()).into())
+    fn checkpoint(
+        &self,
+        _: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(
+            Error::Unimplemented("checkpoint (orca-shim does not support checkpoints yet)".into())
+                .into(),
+        )
     }
     fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
         reply("kill", self.do_kill(req)).map(|_| Empty::new())
@@ -837,7 +888,11 @@ impl Task for TaskService {
     fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
         reply("stats", self.do_stats(req))
     }
-    fn connect(&self, _: &TtrpcContext, req: api::ConnectRequest) -> ttrpc::Result<api::ConnectResponse> {
+    fn connect(
+        &self,
+        _: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
         reply("connect", self.do_connect(req))
     }
     fn shutdown(&self, _: &TtrpcContext, req: api::ShutdownRequest) -> ttrpc::Result<Empty> {

@@ -25,17 +25,32 @@ struct Shim {
 
 impl Shim {
     fn start(id: &str) -> Shim {
-        let dir = tempfile::Builder::new().prefix("orca-shim-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("orca-shim-test-")
+            .tempdir()
+            .unwrap();
         let sock = format!("unix://{}/s.sock", dir.path().display());
         let child = Command::new(bin_path("orca-shim"))
-            .args(["-namespace", "shimtest", "-id", id, "-address", "/nonexistent/c.sock", "-socket", &sock])
+            .args([
+                "-namespace",
+                "shimtest",
+                "-id",
+                id,
+                "-address",
+                "/nonexistent/c.sock",
+                "-socket",
+                &sock,
+            ])
             .current_dir(dir.path())
             .env_remove("TTRPC_ADDRESS")
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn orca-shim");
         let p = dir.path().join("s.sock");
-        assert!(wait_until(Duration::from_secs(10), || p.exists()), "shim socket never appeared");
+        assert!(
+            wait_until(Duration::from_secs(10), || p.exists()),
+            "shim socket never appeared"
+        );
         let raw = ttrpc::Client::connect(&sock).expect("connect");
         Shim {
             child,
@@ -93,7 +108,11 @@ fn bad_input_gets_error_codes_and_a_clean_state() {
     assert_eq!(code_of(c.state(ctx(), &st)), Code::NOT_FOUND);
     let mut start = api::StartRequest::new();
     start.id = id.clone();
-    assert_eq!(code_of(c.start(ctx(), &start)), Code::NOT_FOUND, "Start before Create");
+    assert_eq!(
+        code_of(c.start(ctx(), &start)),
+        Code::NOT_FOUND,
+        "Start before Create"
+    );
 
     // A malformed request: an undecodable payload.
     let mut req = ttrpc::Request::new();
@@ -118,15 +137,25 @@ fn bad_input_gets_error_codes_and_a_clean_state() {
     )
     .unwrap();
     std::fs::set_permissions(&crash, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let err = c.create(ctx(), &create_req(&id, bundle.path(), Some(&crash))).unwrap_err();
+    let err = c
+        .create(ctx(), &create_req(&id, bundle.path(), Some(&crash)))
+        .unwrap_err();
     match err {
         ttrpc::Error::RpcStatus(s) => {
             assert_eq!(s.code(), Code::UNKNOWN);
-            assert!(s.message.contains("boom mid-create"), "message: {}", s.message);
+            assert!(
+                s.message.contains("boom mid-create"),
+                "message: {}",
+                s.message
+            );
         }
         e => panic!("unexpected {e:?}"),
     }
-    assert_eq!(code_of(c.state(ctx(), &st)), Code::NOT_FOUND, "state is clean after a failed create");
+    assert_eq!(
+        code_of(c.state(ctx(), &st)),
+        Code::NOT_FOUND,
+        "state is clean after a failed create"
+    );
     // A missing bundle.
     assert_eq!(
         code_of(c.create(ctx(), &create_req(&id, Path::new("/nonexistent"), None))),
@@ -134,18 +163,28 @@ fn bad_input_gets_error_codes_and_a_clean_state() {
     );
 
     // A real container with orca-runtime.
-    let created = c.create(ctx(), &create_req(&id, bundle.path(), None)).expect("create");
+    let created = c
+        .create(ctx(), &create_req(&id, bundle.path(), None))
+        .expect("create");
     assert!(created.pid > 0);
     assert_eq!(
         code_of(c.create(ctx(), &create_req(&id, bundle.path(), None))),
         Code::ALREADY_EXISTS
     );
     c.start(ctx(), &start).expect("start");
-    assert_eq!(code_of(c.start(ctx(), &start)), Code::FAILED_PRECONDITION, "second start");
+    assert_eq!(
+        code_of(c.start(ctx(), &start)),
+        Code::FAILED_PRECONDITION,
+        "second start"
+    );
     let mut unknown = api::StartRequest::new();
     unknown.id = id.clone();
     unknown.exec_id = "nope".into();
-    assert_eq!(code_of(c.start(ctx(), &unknown)), Code::NOT_FOUND, "unknown exec id");
+    assert_eq!(
+        code_of(c.start(ctx(), &unknown)),
+        Code::NOT_FOUND,
+        "unknown exec id"
+    );
     let mut kill = api::KillRequest::new();
     kill.id = id.clone();
     kill.exec_id = "nope".into();
@@ -153,7 +192,11 @@ fn bad_input_gets_error_codes_and_a_clean_state() {
     assert_eq!(code_of(c.kill(ctx(), &kill)), Code::NOT_FOUND);
     let mut del = api::DeleteRequest::new();
     del.id = id.clone();
-    assert_eq!(code_of(c.delete(ctx(), &del)), Code::FAILED_PRECONDITION, "delete while running");
+    assert_eq!(
+        code_of(c.delete(ctx(), &del)),
+        Code::FAILED_PRECONDITION,
+        "delete while running"
+    );
     let mut cp = api::CheckpointTaskRequest::new();
     cp.id = id.clone();
     assert_eq!(code_of(c.checkpoint(ctx(), &cp)), Code::UNIMPLEMENTED);
@@ -174,23 +217,37 @@ fn bad_input_gets_error_codes_and_a_clean_state() {
     c.kill(ctx(), &kill).expect("kill");
     assert_eq!(waiter.join().unwrap().expect("wait"), 137);
     assert_eq!(c.wait(ctx(), &wait).expect("late wait").exit_status, 137);
-    assert_eq!(code_of(c.kill(ctx(), &kill)), Code::NOT_FOUND, "kill of an exited process");
+    assert_eq!(
+        code_of(c.kill(ctx(), &kill)),
+        Code::NOT_FOUND,
+        "kill of an exited process"
+    );
     let state = c.state(ctx(), &st).expect("state");
     assert_eq!(state.exit_status, 137);
     let d = c.delete(ctx(), &del).expect("delete");
     assert_eq!(d.exit_status, 137);
     assert_eq!(d.pid, created.pid);
-    assert_eq!(code_of(c.state(ctx(), &st)), Code::NOT_FOUND, "gone after delete");
-    assert!(!Path::new(&format!("/proc/{}", created.pid)).exists() || {
-        let s = std::fs::read_to_string(format!("/proc/{}/stat", created.pid)).unwrap_or_default();
-        s.contains(") Z")
-    }, "container init still alive");
+    assert_eq!(
+        code_of(c.state(ctx(), &st)),
+        Code::NOT_FOUND,
+        "gone after delete"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{}", created.pid)).exists() || {
+            let s =
+                std::fs::read_to_string(format!("/proc/{}/stat", created.pid)).unwrap_or_default();
+            s.contains(") Z")
+        },
+        "container init still alive"
+    );
 
     // Shutdown: the shim exits.
     let mut sd = api::ShutdownRequest::new();
     sd.id = id.clone();
     let _ = c.shutdown(ctx(), &sd);
     let mut shim = shim;
-    let exited = wait_until(Duration::from_secs(10), || matches!(shim.child.try_wait(), Ok(Some(_))));
+    let exited = wait_until(Duration::from_secs(10), || {
+        matches!(shim.child.try_wait(), Ok(Some(_)))
+    });
     assert!(exited, "shim did not exit after Delete + Shutdown");
 }
