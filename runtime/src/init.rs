@@ -50,9 +50,16 @@ pub fn child_main(cfg: InitConfig, sync: Channel) -> ! {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    let _ = sync.send(&Msg::Error {
-        msg: err.to_string(),
-    });
+    if sync
+        .send(&Msg::Error {
+            msg: err.to_string(),
+        })
+        .is_err()
+    {
+        // After `Ready` the runtime may be gone (create returned): the log is then the only
+        // place the error can go.
+        tracing::error!("container init: {err}");
+    }
     // SAFETY: _exit is always safe; it skips destructors of a process that must just end.
     unsafe { libc::_exit(1) }
 }
