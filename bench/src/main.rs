@@ -11,6 +11,7 @@
 mod figure;
 mod runtime;
 mod shim;
+mod supervisor;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -46,6 +47,7 @@ fn all_figures() -> Vec<Box<dyn Figure>> {
     let mut v = Vec::new();
     v.extend(runtime::figures());
     v.extend(shim::figures());
+    v.extend(supervisor::figures());
     v
 }
 

@@ -25,16 +25,32 @@ impl Supervisor {
     /// Starts `orca-supervisor` and waits until `ctr version` answers.
     #[track_caller]
     pub fn start() -> Supervisor {
-        let bin = bin_path("orca-supervisor");
         let ctr = require_tool("ctr");
         let dir = tempfile::Builder::new()
             .prefix("orca-sup-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for orca-supervisor: {e}"));
-        let t = dir.path();
+        let mut s = Supervisor {
+            child: None,
+            dir,
+            ctr,
+        };
+        s.spawn_and_wait();
+        s
+    }
+
+    /// Starts the supervisor process on this fixture's root, state and
+    /// socket (appending to its log) and waits until `ctr version` answers.
+    #[track_caller]
+    fn spawn_and_wait(&mut self) {
+        let bin = bin_path("orca-supervisor");
+        let t = self.dir.path();
         let log_path = t.join("supervisor.log");
-        let log = fs::File::create(&log_path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", log_path.display()));
         let log2 = log
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot dup a file descriptor: {e}"));
@@ -52,19 +68,15 @@ impl Supervisor {
             .stderr(log2)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut s = Supervisor {
-            child: Some(child),
-            dir,
-            ctr,
-        };
-        let sock = s.socket();
+        self.child = Some(child);
+        let sock = self.socket();
         let mut exited = false;
         let ready = wait_until(Duration::from_secs(30), || {
-            if let Some(Ok(Some(_))) = s.child.as_mut().map(|c| c.try_wait()) {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 exited = true;
                 return true;
             }
-            sock.exists() && s.ctr_ns("default", &["version"]).status.success()
+            sock.exists() && self.ctr_ns("default", &["version"]).status.success()
         });
         if !ready || exited {
             panic!(
@@ -74,10 +86,31 @@ impl Supervisor {
                 } else {
                     "did not answer `ctr version` within 30 s"
                 },
-                s.log()
+                self.log()
             );
         }
-        s
+    }
+
+    /// The supervisor's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILLs the supervisor (not its shims) and reaps it, as a crash
+    /// would; [`Supervisor::restart`] starts it again on the same state.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the supervisor again on the same root, state and socket
+    /// (after [`Supervisor::kill9`]; kills a running one first).
+    #[track_caller]
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn_and_wait();
     }
 
     /// The gRPC socket.
@@ -189,4 +222,140 @@ impl Drop for Supervisor {
         }
         let _ = unmount_all_under(self.dir.path());
     }
+}
+
+/// Media type of an uncompressed OCI layer.
+pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// Writes the busybox image into the OCI layout at `dir` (see
+/// [`crate::write_busybox_oci_layout`]) with, on top of its layer, one
+/// uncompressed layer per `(file name, size)` of `extra`, each holding the
+/// single file `/<file name>` of `size` pseudo-random (incompressible)
+/// bytes; the manifest is tagged `tag` in index.json. The returned info
+/// lists every layer, busybox's first.
+pub fn write_layered_busybox_oci_layout(
+    dir: &Path,
+    tag: &str,
+    extra: &[(&str, usize)],
+) -> std::io::Result<crate::ImageInfo> {
+    use crate::image::{ANNOTATION_REF_NAME, LAYER_MTIME, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST};
+    use crate::sha256_digest;
+    use serde_json::{json, Value};
+
+    let base = crate::write_busybox_oci_layout(dir, tag)?;
+    let blob = |d: &str| {
+        dir.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let mut config: Value = serde_json::from_slice(&fs::read(blob(&base.config_digest))?)?;
+    let base_manifest: Value = serde_json::from_slice(&fs::read(blob(&base.manifest_digest))?)?;
+    let mut layers = base_manifest["layers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut info = base.clone();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    for (name, size) in extra {
+        let mut data = vec![0u8; *size];
+        for chunk in data.chunks_mut(8) {
+            // xorshift64: fast, incompressible enough for gzip/registries.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let b = seed.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+        let mut t = tar::Builder::new(Vec::with_capacity(size + 4096));
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(LAYER_MTIME);
+        h.set_size(*size as u64);
+        t.append_data(&mut h, name, data.as_slice())?;
+        let layer = t.into_inner()?;
+        drop(data);
+        let digest = sha256_digest(&layer);
+        fs::write(blob(&digest), &layer)?;
+        config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .ok_or_else(|| std::io::Error::other("busybox config has no rootfs.diff_ids"))?
+            .push(json!(digest));
+        layers.push(json!({
+            "mediaType": MEDIA_TYPE_LAYER_TAR,
+            "digest": digest,
+            "size": layer.len(),
+        }));
+        info.layer_digests.push(digest.clone());
+        info.diff_ids.push(digest);
+    }
+    let config = serde_json::to_vec(&config)?;
+    let config_digest = sha256_digest(&config);
+    fs::write(blob(&config_digest), &config)?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_MANIFEST,
+        "config": {"mediaType": MEDIA_TYPE_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": layers,
+    }))?;
+    let manifest_digest = sha256_digest(&manifest);
+    fs::write(blob(&manifest_digest), &manifest)?;
+    let index_path = dir.join("index.json");
+    let mut index: Value = serde_json::from_slice(&fs::read(&index_path)?)?;
+    if let Some(m) = index["manifests"].as_array_mut() {
+        m.retain(|m| m["annotations"][ANNOTATION_REF_NAME].as_str() != Some(tag));
+        m.push(json!({
+            "mediaType": MEDIA_TYPE_MANIFEST,
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "annotations": {ANNOTATION_REF_NAME: tag},
+        }));
+    }
+    fs::write(&index_path, serde_json::to_vec(&index)?)?;
+    info.config_digest = config_digest;
+    info.manifest_digest = manifest_digest;
+    info.manifest_size = manifest.len() as u64;
+    Ok(info)
+}
+
+/// A registry holding the busybox image plus the `extra` layers of
+/// [`write_layered_busybox_oci_layout`] as `library/<name>:latest`;
+/// returns it, the image reference and what was pushed.
+#[track_caller]
+pub fn registry_with_layered_busybox(
+    name: &str,
+    extra: &[(&str, usize)],
+) -> (crate::Registry, String, crate::ImageInfo) {
+    let reg = crate::Registry::start();
+    let layout = tempfile::Builder::new()
+        .prefix("orca-oci-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a temp dir for an OCI layout: {e}"));
+    let info = write_layered_busybox_oci_layout(layout.path(), "latest", extra)
+        .unwrap_or_else(|e| panic!("cannot write the layered busybox OCI layout: {e}"));
+    // --preserve-digests: skopeo would otherwise gzip the uncompressed
+    // layers on their way to a registry (new digests, slow).
+    let src = format!("oci:{}:latest", layout.path().display());
+    let r = format!("{}/library/{name}:latest", reg.addr());
+    let out = crate::util::output_of(
+        Command::new(require_tool("skopeo"))
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--dest-tls-verify=false",
+                "--preserve-digests",
+            ])
+            .arg(&src)
+            .arg(format!("docker://{r}"))
+            .stdin(Stdio::null()),
+    );
+    if !out.status.success() {
+        panic!(
+            "skopeo copy {src} docker://{r} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    (reg, r, info)
 }

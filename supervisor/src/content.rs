@@ -26,6 +26,21 @@ pub struct ContentStore {
     meta: Arc<MetadataStore>,
     /// Ingest refs (namespace, ref) with an open writer.
     locked: Mutex<HashSet<(String, String)>>,
+    /// Serializes "record a blob in a namespace + put its file in place"
+    /// against "no namespace holds it any more: remove its file" (delete
+    /// and garbage collection), so a blob file never disappears under a
+    /// record.
+    blob_lock: Mutex<()>,
+}
+
+/// An ingest found on disk, for garbage collection.
+#[derive(Debug, Clone)]
+pub struct IngestEntry {
+    pub namespace: String,
+    pub reference: String,
+    /// The lease it was started under, if any.
+    pub lease: Option<String>,
+    pub dir: PathBuf,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -35,6 +50,10 @@ struct IngestMeta {
     total: i64,
     expected: String,
     started_at_ns: u128,
+    /// The lease the ingest was started under (garbage collection removes
+    /// it once no live lease holds it).
+    #[serde(default)]
+    lease: Option<String>,
 }
 
 impl ContentStore {
@@ -47,6 +66,7 @@ impl ContentStore {
             dir,
             meta,
             locked: Mutex::new(HashSet::new()),
+            blob_lock: Mutex::new(()),
         }))
     }
 
@@ -104,15 +124,79 @@ impl ContentStore {
         if !existed {
             return Err(Error::NotFound(format!("content digest {digest}")));
         }
-        if self.meta.namespaces_with(Kind::Content, digest)?.is_empty() {
-            let p = self.blob_path(digest)?;
-            if let Err(e) = fs::remove_file(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    return Err(Error::io(format!("remove {}", p.display()), e));
-                }
+        self.remove_blob_if_unreferenced(digest)?;
+        Ok(())
+    }
+
+    /// Removes the blob file of `digest` unless some namespace records it;
+    /// returns whether a file was removed.
+    pub fn remove_blob_if_unreferenced(&self, digest: &str) -> Result<bool> {
+        let _g = self.blob_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.meta.namespaces_with(Kind::Content, digest)?.is_empty() {
+            return Ok(false);
+        }
+        let p = self.blob_path(digest)?;
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("remove {}", p.display()), e)),
+        }
+    }
+
+    /// Digests of the blob files on disk.
+    pub fn blob_digests(&self) -> Result<Vec<String>> {
+        let dir = self.dir.join("blobs/sha256");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).ctx(|| format!("read {}", dir.display()))? {
+            let e = e.ctx(|| format!("read {}", dir.display()))?;
+            let d = format!("sha256:{}", e.file_name().to_string_lossy());
+            if sha256_hex(&d).is_ok() {
+                out.push(d);
             }
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Every ingest on disk (all namespaces) without an open writer.
+    pub fn idle_ingests(&self) -> Vec<IngestEntry> {
+        let mut out = Vec::new();
+        let ingest = self.dir.join("ingest");
+        let Ok(rd) = fs::read_dir(&ingest) else {
+            return out;
+        };
+        let locked = self.locked.lock().unwrap_or_else(|p| p.into_inner());
+        for e in rd.flatten() {
+            let Ok(bytes) = fs::read(e.path().join("meta.json")) else {
+                continue;
+            };
+            let Ok(m) = serde_json::from_slice::<IngestMeta>(&bytes) else {
+                continue;
+            };
+            if locked.contains(&(m.namespace.clone(), m.reference.clone())) {
+                continue;
+            }
+            out.push(IngestEntry {
+                namespace: m.namespace,
+                reference: m.reference,
+                lease: m.lease,
+                dir: e.path(),
+            });
+        }
+        out
+    }
+
+    /// Removes an ingest found by [`ContentStore::idle_ingests`] unless a
+    /// writer opened it meanwhile.
+    pub fn remove_idle_ingest(&self, entry: &IngestEntry) -> Result<()> {
+        let locked = self.locked.lock().unwrap_or_else(|p| p.into_inner());
+        if locked.contains(&(entry.namespace.clone(), entry.reference.clone())) {
+            return Ok(());
+        }
+        match fs::remove_dir_all(&entry.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove {}", entry.dir.display()), e)),
+        }
     }
 
     /// Opens a blob the namespace has, for reading.
@@ -235,6 +319,7 @@ impl ContentStore {
         lease: Option<&str>,
     ) -> Result<bool> {
         let p = self.blob_path(digest)?;
+        let _g = self.blob_lock.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(md) = fs::metadata(&p) else {
             return Ok(false);
         };
@@ -308,6 +393,14 @@ impl ContentStore {
                     .ctx(|| format!("open {}", data_path.display()))?;
                 let n = std::io::copy(&mut f, &mut hasher)
                     .ctx(|| format!("read {}", data_path.display()))?;
+                // A resumed ingest (e.g. a pull retried after a crash) is
+                // held by the new writer's lease too.
+                if lease.is_some() {
+                    self.meta.update(|tx| {
+                        tx.ensure_namespace(ns)?;
+                        tx.add_to_lease(ns, lease, "ingests", reference)
+                    })?;
+                }
                 let total = if total > 0 { total } else { m.total };
                 let expected = if expected.is_empty() {
                     m.expected
@@ -326,6 +419,7 @@ impl ContentStore {
                         .duration_since(UNIX_EPOCH)
                         .unwrap_or_default()
                         .as_nanos(),
+                    lease: lease.map(str::to_string),
                 };
                 fs::write(
                     dir.join("meta.json"),
@@ -452,6 +546,11 @@ impl IngestWriter {
         let lease = self.lease.clone();
         let size = self.offset;
         // Record first (atomic check for AlreadyExists), then move the data.
+        let _g = self
+            .store
+            .blob_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         self.store.meta.update(|tx| {
             if tx.exists(Kind::Content, &ns, &actual)? {
                 return Err(Error::AlreadyExists(format!("content {actual}")));
@@ -466,12 +565,11 @@ impl IngestWriter {
                 labels: labels.clone(),
             };
             tx.put_msg(Kind::Content, &ns, &actual, &info)?;
-            if let Some(l) = &lease {
-                tx.delete(
-                    Kind::LeaseResource,
-                    &ns,
-                    &format!("{l}\x01ingests\x01{reference}"),
-                )?;
+            let suffix = format!("\x01ingests\x01{reference}");
+            for (k, _) in tx.list(Kind::LeaseResource, &ns)? {
+                if k.ends_with(&suffix) {
+                    tx.delete(Kind::LeaseResource, &ns, &k)?;
+                }
             }
             tx.add_to_lease(&ns, lease.as_deref(), "content", &actual)
         })?;

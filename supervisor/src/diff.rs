@@ -48,6 +48,15 @@ impl LayerApplier {
     pub fn new(state_dir: &Path, content: Arc<ContentStore>) -> Result<LayerApplier> {
         let mount_dir = state_dir.join("diff-mounts");
         std::fs::create_dir_all(&mount_dir).ctx(|| format!("create {}", mount_dir.display()))?;
+        // Mounts left by an apply interrupted by a crash.
+        if let Ok(rd) = std::fs::read_dir(&mount_dir) {
+            for e in rd.flatten() {
+                let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
+                if let Err(err) = std::fs::remove_dir(e.path()) {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a leftover apply mount point");
+                }
+            }
+        }
         Ok(LayerApplier { content, mount_dir })
     }
 

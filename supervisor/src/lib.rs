@@ -13,7 +13,8 @@
 //! | [`diff`] | [`diff::LayerApplier`]: layer blob → snapshot mounts |
 //! | [`events`] | [`events::EventBus`], Subscribe filters, ttrpc Forward receiver |
 //! | [`filters`] | containerd's filter syntax |
-//! | [`tasks`] | [`tasks::ShimManager`]: shim start bootstrap, ttrpc task calls |
+//! | [`gc`] | [`gc::Gc`]: garbage collection of content, snapshots, leases, ingests |
+//! | [`tasks`] | [`tasks::ShimManager`]: shim start bootstrap, ttrpc task calls, re-attach after restart |
 //! | [`services`] | the gRPC services |
 //! | [`server`] | sockets and wiring |
 
@@ -23,6 +24,7 @@ pub mod diff;
 pub mod error;
 pub mod events;
 pub mod filters;
+pub mod gc;
 pub mod layer;
 pub mod metadata;
 pub mod server;

@@ -230,6 +230,20 @@ impl WriteTx<'_> {
         Ok(out)
     }
 
+    /// Every record of one kind in every namespace: (namespace, name, value).
+    pub fn list_all(&self, kind: Kind) -> Result<Vec<(String, String, Vec<u8>)>> {
+        let lo = format!("{}\x01", kind.tag());
+        let hi = format!("{}\x02", kind.tag());
+        let mut out = Vec::new();
+        for item in self.table.range(lo.as_str()..hi.as_str())? {
+            let (k, v) = item?;
+            if let Some((ns, n)) = k.value()[lo.len()..].split_once('\x01') {
+                out.push((ns.to_string(), n.to_string(), v.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Creates the namespace record if missing (containerd creates a
     /// namespace implicitly on its first namespaced write).
     pub fn ensure_namespace(&mut self, ns: &str) -> Result<()> {

@@ -13,6 +13,7 @@ use crate::content::ContentStore;
 use crate::diff::LayerApplier;
 use crate::error::{Error, IoContext, Result};
 use crate::events::{serve_ttrpc_events, EventBus};
+use crate::gc::Gc;
 use crate::metadata::MetadataStore;
 use crate::services::*;
 use crate::snapshots::OverlaySnapshotter;
@@ -29,6 +30,7 @@ pub fn open_core(cfg: &Config) -> Result<Arc<Core>> {
     let content = ContentStore::open(&cfg.root, meta.clone())?;
     let snapshots = Arc::new(OverlaySnapshotter::open(&cfg.root, meta.clone())?);
     let applier = Arc::new(LayerApplier::new(&cfg.state, content.clone())?);
+    let gc = Arc::new(Gc::new(meta.clone(), content.clone(), snapshots.clone()));
     let shims = Arc::new(ShimManager::new(
         &cfg.state,
         &cfg.address,
@@ -51,8 +53,49 @@ pub fn open_core(cfg: &Config) -> Result<Arc<Core>> {
         applier,
         events: EventBus::new(),
         shims,
+        gc,
         uuid,
     }))
+}
+
+/// Re-attaches the shims of a previous run and publishes the exit (and
+/// delete) of tasks whose shim died meanwhile, as containerd does.
+pub fn recover_tasks(core: &Core) {
+    let exits = core.shims.recover();
+    let live = core.shims.count();
+    if live > 0 || !exits.is_empty() {
+        tracing::info!(
+            reattached = live,
+            cleaned_up = exits.len(),
+            "reloaded task bundles"
+        );
+    }
+    for e in exits {
+        core.events.publish(
+            &e.namespace,
+            "/tasks/exit",
+            "TaskExit",
+            &api::containerd::events::TaskExit {
+                container_id: e.id.clone(),
+                id: e.id.clone(),
+                pid: e.pid,
+                exit_status: e.exit_status,
+                exited_at: e.exited_at,
+            },
+        );
+        core.events.publish(
+            &e.namespace,
+            "/tasks/delete",
+            "TaskDelete",
+            &api::containerd::events::TaskDelete {
+                container_id: e.id.clone(),
+                pid: e.pid,
+                exit_status: e.exit_status,
+                exited_at: e.exited_at,
+                id: String::new(),
+            },
+        );
+    }
 }
 
 /// Serves the gRPC API on `cfg.address` and the ttrpc events service on
@@ -62,6 +105,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let core = open_core(&cfg)?;
+    recover_tasks(&core);
+    // Leases that expired while we were down, and whatever they held.
+    if let Err(e) = core.gc.collect_now() {
+        tracing::warn!(error = %e, "garbage collection at startup failed");
+    }
+    let gc_loop = tokio::spawn(core.gc.clone().run());
     if let Some(dir) = cfg.address.parent() {
         std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
     }
@@ -117,6 +166,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+    gc_loop.abort();
     core.shims.shutdown_all();
     ttrpc_server.shutdown();
     let _ = std::fs::remove_file(&cfg.address);

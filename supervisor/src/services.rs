@@ -18,6 +18,7 @@ use crate::diff::LayerApplier;
 use crate::error::{Error, Result};
 use crate::events::{envelope_matches, EventBus};
 use crate::filters::{label_field, Filter};
+use crate::gc::Gc;
 use crate::metadata::{Kind, MetadataStore};
 use crate::snapshots::{OverlaySnapshotter, OVERLAYFS};
 use crate::tasks::{pb_timestamp, CreateTask, ShimManager};
@@ -34,7 +35,21 @@ pub struct Core {
     pub applier: Arc<LayerApplier>,
     pub events: EventBus,
     pub shims: Arc<ShimManager>,
+    pub gc: Arc<Gc>,
     pub uuid: String,
+}
+
+impl Core {
+    /// Collects garbage now (`sync` requests) or soon.
+    async fn collect_garbage(&self, sync: bool) -> std::result::Result<(), Status> {
+        if sync {
+            let gc = self.gc.clone();
+            blocking(move || gc.collect_now()).await?;
+        } else {
+            self.gc.schedule();
+        }
+        Ok(())
+    }
 }
 
 fn namespace<T>(req: &Request<T>) -> std::result::Result<String, Status> {
@@ -188,12 +203,19 @@ impl api::namespaces::namespaces_server::Namespaces for NamespacesService {
         &self,
         req: Request<api::namespaces::GetNamespaceRequest>,
     ) -> GrpcResult<api::namespaces::GetNamespaceResponse> {
+        // containerd answers Get for a namespace that has no record with the
+        // name and no labels (its store reads labels, absent = none); dockerd
+        // relies on this when it looks up the default runtime label of `moby`.
         let name = &req.get_ref().name;
+        validate_identifier("namespace", name)?;
         let ns = self
             .0
             .meta
             .get_msg::<api::namespaces::Namespace>(Kind::Namespace, name, name)?
-            .ok_or_else(|| Error::NotFound(format!("namespace {name}")))?;
+            .unwrap_or_else(|| api::namespaces::Namespace {
+                name: name.clone(),
+                labels: Default::default(),
+            });
         Ok(Response::new(api::namespaces::GetNamespaceResponse {
             namespace: Some(ns),
         }))
@@ -485,6 +507,7 @@ impl api::images::images_server::Images for ImagesService {
                 name: r.name.clone(),
             },
         );
+        self.0.collect_garbage(r.sync).await?;
         Ok(Response::new(()))
     }
 }
@@ -727,6 +750,7 @@ impl api::containers::containers_server::Containers for ContainersService {
             "ContainerDelete",
             &api::containerd::events::ContainerDelete { id },
         );
+        self.0.collect_garbage(false).await?;
         Ok(Response::new(()))
     }
 }
@@ -774,7 +798,8 @@ impl api::leases::leases_server::Leases for LeasesService {
 
     async fn delete(&self, req: Request<api::leases::DeleteRequest>) -> GrpcResult<()> {
         let ns = namespace(&req)?;
-        let id = req.into_inner().id;
+        let r = req.into_inner();
+        let id = r.id;
         self.0.meta.update(|tx| {
             if !tx.delete(Kind::Lease, &ns, &id)? {
                 return Err(Error::NotFound(format!("lease {id:?}")));
@@ -786,6 +811,7 @@ impl api::leases::leases_server::Leases for LeasesService {
             }
             Ok(())
         })?;
+        self.0.collect_garbage(r.sync).await?;
         Ok(Response::new(()))
     }
 
@@ -955,6 +981,7 @@ impl api::content::content_server::Content for ContentService {
             "ContentDelete",
             &api::containerd::events::ContentDelete { digest },
         );
+        self.0.collect_garbage(false).await?;
         Ok(Response::new(()))
     }
 
@@ -1254,6 +1281,7 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
                 snapshotter: OVERLAYFS.into(),
             },
         );
+        self.0.collect_garbage(false).await?;
         Ok(Response::new(()))
     }
 
@@ -1340,8 +1368,9 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
     async fn cleanup(&self, req: Request<api::snapshots::CleanupRequest>) -> GrpcResult<()> {
         namespace(&req)?;
         check_snapshotter(&req.get_ref().snapshotter)?;
-        // Snapshot directories are removed with their records, so there is
-        // never anything unreferenced to clean up.
+        // Snapshot directories without a record are removed by garbage
+        // collection.
+        self.0.collect_garbage(true).await?;
         Ok(Response::new(()))
     }
 }
@@ -1488,25 +1517,10 @@ impl api::tasks::tasks_server::Tasks for TasksService {
             options: r.options.clone(),
             runtime_path: r.runtime_path.clone(),
         };
-        let (shim, pid) = blocking(move || shims.create(&ns2, &c2, create)).await?;
-        self.0.events.publish(
-            &ns,
-            "/tasks/create",
-            "TaskCreate",
-            &api::containerd::events::TaskCreate {
-                container_id: r.container_id.clone(),
-                bundle: shim.bundle.display().to_string(),
-                rootfs,
-                io: Some(api::containerd::events::TaskIo {
-                    stdin: r.stdin,
-                    stdout: r.stdout,
-                    stderr: r.stderr,
-                    terminal: r.terminal,
-                }),
-                checkpoint: String::new(),
-                pid,
-            },
-        );
+        // Task lifecycle events (/tasks/create, start, exec-added,
+        // exec-started, paused, resumed, delete, exit, oom) come from the
+        // shim over ttrpc, as with containerd's v2 runtime.
+        let (_shim, pid) = blocking(move || shims.create(&ns2, &c2, create)).await?;
         Ok(Response::new(api::tasks::CreateTaskResponse {
             container_id: r.container_id,
             pid,
@@ -1522,28 +1536,6 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let shims = self.0.shims.clone();
         let (ns2, id, exec) = (ns.clone(), r.container_id.clone(), r.exec_id.clone());
         let pid = blocking(move || shims.start(&ns2, &id, &exec)).await?;
-        if r.exec_id.is_empty() {
-            self.0.events.publish(
-                &ns,
-                "/tasks/start",
-                "TaskStart",
-                &api::containerd::events::TaskStart {
-                    container_id: r.container_id,
-                    pid,
-                },
-            );
-        } else {
-            self.0.events.publish(
-                &ns,
-                "/tasks/exec-started",
-                "TaskExecStarted",
-                &api::containerd::events::TaskExecStarted {
-                    container_id: r.container_id,
-                    exec_id: r.exec_id,
-                    pid,
-                },
-            );
-        }
         Ok(Response::new(api::tasks::StartResponse { pid }))
     }
 
@@ -1557,18 +1549,6 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let (ns2, id2) = (ns.clone(), id.clone());
         let d = blocking(move || shims.delete(&ns2, &id2, "")).await?;
         let exited_at = d.exited_at.as_ref().map(pb_timestamp);
-        self.0.events.publish(
-            &ns,
-            "/tasks/delete",
-            "TaskDelete",
-            &api::containerd::events::TaskDelete {
-                container_id: id.clone(),
-                pid: d.pid,
-                exit_status: d.exit_status,
-                exited_at,
-                id: String::new(),
-            },
-        );
         Ok(Response::new(api::tasks::DeleteResponse {
             id,
             pid: d.pid,
@@ -1652,15 +1632,6 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let shims = self.0.shims.clone();
         let (ns2, r2) = (ns.clone(), r.clone());
         blocking(move || shims.exec(&ns2, &r2.container_id, &r2)).await?;
-        self.0.events.publish(
-            &ns,
-            "/tasks/exec-added",
-            "TaskExecAdded",
-            &api::containerd::events::TaskExecAdded {
-                container_id: r.container_id,
-                exec_id: r.exec_id,
-            },
-        );
         Ok(Response::new(()))
     }
 
@@ -1687,12 +1658,6 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let shims = self.0.shims.clone();
         let (ns2, id2) = (ns.clone(), id.clone());
         blocking(move || shims.pause(&ns2, &id2)).await?;
-        self.0.events.publish(
-            &ns,
-            "/tasks/paused",
-            "TaskPaused",
-            &api::containerd::events::TaskPaused { container_id: id },
-        );
         Ok(Response::new(()))
     }
 
@@ -1702,12 +1667,6 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let shims = self.0.shims.clone();
         let (ns2, id2) = (ns.clone(), id.clone());
         blocking(move || shims.resume(&ns2, &id2)).await?;
-        self.0.events.publish(
-            &ns,
-            "/tasks/resumed",
-            "TaskResumed",
-            &api::containerd::events::TaskResumed { container_id: id },
-        );
         Ok(Response::new(()))
     }
 

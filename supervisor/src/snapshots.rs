@@ -71,6 +71,25 @@ fn put_rec(tx: &mut WriteTx<'_>, ns: &str, key: &str, r: &SnapshotRecord) -> Res
     tx.put(Kind::Snapshot, ns, key, &b)
 }
 
+/// What garbage collection needs of a snapshot record.
+#[derive(Debug, Clone)]
+pub struct SnapshotRefs {
+    pub id: u64,
+    pub parent: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// Decodes a snapshot record (as stored under [`Kind::Snapshot`]).
+pub fn decode_refs(name: &str, bytes: &[u8]) -> Result<SnapshotRefs> {
+    let r: SnapshotRecord = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Metadata(format!("snapshot {name}: {e}")))?;
+    Ok(SnapshotRefs {
+        id: r.id,
+        parent: r.parent,
+        labels: r.labels,
+    })
+}
+
 /// The overlayfs snapshotter.
 pub struct OverlaySnapshotter {
     dir: PathBuf,
@@ -86,6 +105,28 @@ impl OverlaySnapshotter {
 
     fn snapshot_dir(&self, id: u64) -> PathBuf {
         self.dir.join(id.to_string())
+    }
+
+    /// Ids of the snapshot directories on disk.
+    pub fn dir_ids(&self) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.dir).ctx(|| format!("read {}", self.dir.display()))? {
+            let e = e.ctx(|| format!("read {}", self.dir.display()))?;
+            if let Some(id) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the directory of a snapshot whose record is gone.
+    pub fn remove_dir(&self, id: u64) {
+        let d = self.snapshot_dir(id);
+        if let Err(e) = fs::remove_dir_all(&d) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %d.display(), error = %e, "cannot remove snapshot directory");
+            }
+        }
     }
 
     fn get(&self, ns: &str, key: &str) -> Result<SnapshotRecord> {

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -155,6 +156,48 @@ impl Shim {
     }
 }
 
+/// The bundle file naming the shim binary (as containerd's).
+pub const SHIM_BINARY_FILE: &str = "shim-binary-path";
+
+/// A task whose shim died while the supervisor was down, as cleaned up by
+/// [`ShimManager::recover`].
+#[derive(Debug, Clone)]
+pub struct RecoveredExit {
+    pub namespace: String,
+    pub id: String,
+    pub pid: u32,
+    pub exit_status: u32,
+    pub exited_at: Option<prost_types::Timestamp>,
+}
+
+/// Connects to a shim's ttrpc address and checks it serves task `id`
+/// (`Connect`, then `State`); returns the client and the task's pid.
+fn reconnect(id: &str, address: &str) -> Result<(TaskClient, u32)> {
+    let client = ttrpc::Client::connect(address)
+        .map_err(|e| Error::Unavailable(format!("connect to shim at {address}: {e}")))?;
+    let client = TaskClient::new(client);
+    let ctx = || ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+    let c = client
+        .connect(
+            ctx(),
+            &shim::ConnectRequest {
+                id: id.to_string(),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| ttrpc_status("shim Connect", e))?;
+    client
+        .state(
+            ctx(),
+            &shim::StateRequest {
+                id: id.to_string(),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| ttrpc_status("shim State", e))?;
+    Ok((client, c.task_pid))
+}
+
 /// Starts, tracks and stops shims.
 pub struct ShimManager {
     state_dir: PathBuf,
@@ -200,6 +243,11 @@ impl ShimManager {
             .get(&(ns.to_string(), id.to_string()))
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("task {id}")))
+    }
+
+    /// Number of shims tracked, in all namespaces.
+    pub fn count(&self) -> usize {
+        self.shims.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn list(&self, ns: &str) -> Vec<Arc<Shim>> {
@@ -272,6 +320,13 @@ impl ShimManager {
             .ok_or_else(|| Error::InvalidArgument(format!("container {id} has no spec")))?;
         fs::write(bundle.join("config.json"), &spec.value)
             .ctx(|| format!("write {}/config.json", bundle.display()))?;
+        // What a restarted supervisor needs to run `<shim> delete` for a
+        // shim that died while it was down (containerd keeps the same file).
+        fs::write(
+            bundle.join(SHIM_BINARY_FILE),
+            binary.as_os_str().as_encoded_bytes(),
+        )
+        .ctx(|| format!("write {}/{SHIM_BINARY_FILE}", bundle.display()))?;
 
         let log_done = Arc::new(AtomicBool::new(false));
         if let Err(e) = start_log_reader(&bundle, &id, log_done.clone()) {
@@ -381,22 +436,138 @@ impl ShimManager {
         Ok((shim, resp.pid))
     }
 
-    /// Runs `<shim> … delete` for a shim that failed or died, then shuts it.
-    fn cleanup_dead_shim(&self, ns: &str, id: &str, binary: &Path, bundle: &Path) {
+    /// Runs `<shim> … -bundle B delete` for a shim that failed or died (the
+    /// shim's bootstrap `delete` force-deletes the container with its
+    /// runtime and unmounts the rootfs); returns the `DeleteResponse` it
+    /// prints on stdout, if any.
+    fn cleanup_dead_shim(
+        &self,
+        ns: &str,
+        id: &str,
+        binary: &Path,
+        bundle: &Path,
+    ) -> Option<shim::DeleteResponse> {
         let mut cmd = self.shim_command(binary, ns, id, bundle);
         cmd.arg("-bundle")
             .arg(bundle)
             .arg("delete")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        match cmd.status() {
-            Ok(s) if !s.success() => {
-                tracing::debug!(task = id, status = %s, "shim delete cleanup failed")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match cmd.output() {
+            Ok(out) if out.status.success() => {
+                match shim::DeleteResponse::parse_from_bytes(&out.stdout) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::debug!(task = id, error = %e, "shim delete printed no DeleteResponse");
+                        None
+                    }
+                }
             }
-            Err(e) => tracing::debug!(task = id, error = %e, "cannot run shim delete cleanup"),
-            _ => {}
+            Ok(out) => {
+                tracing::debug!(task = id, status = %out.status, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "shim delete cleanup failed");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(task = id, error = %e, "cannot run shim delete cleanup");
+                None
+            }
         }
+    }
+
+    /// Reloads every bundle under `<state>/tasks/<ns>/<id>/` after a
+    /// (re)start, as containerd's `loadShims` does: a shim that still
+    /// answers (`Connect`) is re-attached with its task untouched; for one
+    /// that is gone, `<shim> delete` cleans up and its exit is returned so
+    /// the caller can publish `/tasks/exit` and `/tasks/delete`. Bundles
+    /// that never got a shim address are removed.
+    pub fn recover(&self) -> Vec<RecoveredExit> {
+        let mut exits = Vec::new();
+        let Ok(namespaces) = fs::read_dir(&self.state_dir) else {
+            return exits;
+        };
+        for ns_entry in namespaces.flatten() {
+            let ns = ns_entry.file_name().to_string_lossy().into_owned();
+            let Ok(tasks) = fs::read_dir(ns_entry.path()) else {
+                continue;
+            };
+            for task_entry in tasks.flatten() {
+                let id = task_entry.file_name().to_string_lossy().into_owned();
+                let bundle = task_entry.path();
+                if let Some(exit) = self.recover_one(&ns, &id, &bundle) {
+                    exits.push(exit);
+                }
+            }
+            // An empty namespace directory is left over from deleted tasks.
+            let _ = fs::remove_dir(ns_entry.path());
+        }
+        exits
+    }
+
+    fn recover_one(&self, ns: &str, id: &str, bundle: &Path) -> Option<RecoveredExit> {
+        let binary = fs::read(bundle.join(SHIM_BINARY_FILE))
+            .ok()
+            .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)));
+        let address = fs::read_to_string(bundle.join("address"))
+            .ok()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty());
+        let log_done = Arc::new(AtomicBool::new(false));
+        if let Some(address) = &address {
+            match reconnect(id, address) {
+                Ok((client, pid)) => {
+                    if let Err(e) = start_log_reader(bundle, id, log_done.clone()) {
+                        tracing::warn!(task = %id, error = %e, "no shim log");
+                    }
+                    let shim = Arc::new(Shim {
+                        namespace: ns.to_string(),
+                        id: id.to_string(),
+                        bundle: bundle.to_path_buf(),
+                        binary: binary.clone().unwrap_or_default(),
+                        client,
+                        log_done,
+                    });
+                    tracing::info!(namespace = %ns, task = %id, pid, address = %address, "re-attached to running shim");
+                    self.shims
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((ns.to_string(), id.to_string()), shim);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, task = %id, error = %e, "shim is gone; cleaning up")
+                }
+            }
+        }
+        let resp = match &binary {
+            Some(b) => self.cleanup_dead_shim(ns, id, b, bundle),
+            None => {
+                tracing::warn!(namespace = %ns, task = %id, "bundle has no {SHIM_BINARY_FILE}; cannot run shim delete");
+                None
+            }
+        };
+        log_done.store(true, Ordering::Relaxed);
+        if let Err(e) = fs::remove_dir_all(bundle) {
+            tracing::warn!(bundle = %bundle.display(), error = %e, "cannot remove bundle");
+        }
+        // A bundle without an address never had a task (create failed).
+        address.as_ref()?;
+        Some(match resp {
+            Some(r) => RecoveredExit {
+                namespace: ns.to_string(),
+                id: id.to_string(),
+                pid: r.pid,
+                exit_status: r.exit_status,
+                exited_at: r.exited_at.as_ref().map(pb_timestamp),
+            },
+            None => RecoveredExit {
+                namespace: ns.to_string(),
+                id: id.to_string(),
+                pid: 0,
+                exit_status: 255,
+                exited_at: Some(crate::util::now()),
+            },
+        })
     }
 
     pub fn start(&self, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
@@ -432,8 +603,8 @@ impl ShimManager {
             }
             Err(e) => {
                 tracing::warn!(task = id, error = %e, "shim gone; cleaning up");
-                self.cleanup_dead_shim(ns, id, &s.binary, &s.bundle);
-                shim::DeleteResponse::default()
+                self.cleanup_dead_shim(ns, id, &s.binary, &s.bundle)
+                    .unwrap_or_default()
             }
         };
         let shut = shim::ShutdownRequest {
@@ -624,8 +795,8 @@ impl ShimManager {
         Ok((resp.exit_status, resp.exited_at.as_ref().map(pb_timestamp)))
     }
 
-    /// Shuts every shim down (supervisor exit). Tasks keep running only if
-    /// their shim outlives this; shims are not re-attached on restart.
+    /// Stops following shim logs (supervisor exit). Shims and their tasks
+    /// keep running; [`ShimManager::recover`] re-attaches them on restart.
     pub fn shutdown_all(&self) {
         for s in self
             .shims
@@ -686,8 +857,12 @@ fn start_log_reader(bundle: &Path, id: &str, done: Arc<AtomicBool>) -> Result<()
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let path = bundle.join("log");
-    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o700))
-        .map_err(|e| Error::io(format!("mkfifo {}", path.display()), e.into()))?;
+    match nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o700)) {
+        Ok(()) => {}
+        // Re-attaching after a restart: the shim still writes into it.
+        Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(Error::io(format!("mkfifo {}", path.display()), e.into())),
+    }
     // O_RDWR: opening never blocks and reads never see EOF while we hold it.
     let mut f = fs::OpenOptions::new()
         .read(true)
