@@ -29,6 +29,13 @@ impl Orcad {
     /// Starts orcad against `containerd` and waits until `GET /_ping` answers.
     #[track_caller]
     pub fn start(containerd: &Containerd) -> Orcad {
+        Orcad::start_with(&containerd.socket(), &[])
+    }
+
+    /// Starts orcad against any containerd API socket (Debian's containerd or
+    /// orca-supervisor), with extra flags (e.g. `--default-runtime`).
+    #[track_caller]
+    pub fn start_with(containerd_socket: &Path, extra_args: &[&str]) -> Orcad {
         let bin = bin_path("orcad");
         let dir = tempfile::Builder::new()
             .prefix("orca-orcad-")
@@ -41,7 +48,8 @@ impl Orcad {
         let cgroup_parent = format!("/orca-engine-test-{}", std::process::id());
         let child = Command::new(&bin)
             .arg("--containerd")
-            .arg(containerd.socket())
+            .arg(containerd_socket)
+            .args(extra_args)
             .arg("--data-root")
             .arg(t.join("data"))
             .arg("--exec-root")
