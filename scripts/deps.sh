@@ -16,3 +16,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install a Rust toolchain (https://rustup.rs) first" >&2
   exit 1
 fi
+# docker-py, the Python client the engine tests drive orcad with.
+if ! python3 -c 'import docker' >/dev/null 2>&1; then
+  python3 -m pip install -q docker
+fi
