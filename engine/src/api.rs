@@ -9,13 +9,13 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tracing::{debug, warn};
 
-use crate::containers::{frame, LogOptions, StreamMsg, WaitCondition};
+use crate::containers::{frame, LogOptions, StdinPipe, StreamMsg, WaitCondition};
 use crate::error::{EngineError, Result};
 use crate::reference::Reference;
 use crate::util::{percent_decode, Query};
@@ -53,6 +53,12 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    r
+}
+
+fn ok_empty() -> Response<Body> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::OK;
     r
 }
 
@@ -170,6 +176,33 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
                     .await?;
                 return Ok(json_response(StatusCode::OK, &v));
             }
+            if let (Some(name), &Method::GET) = (rest.strip_suffix("/history"), &method) {
+                let v = engine.images.history(&percent_decode(name, false)).await?;
+                return Ok(json_response(StatusCode::OK, &v));
+            }
+            if let (Some(name), &Method::POST) = (rest.strip_suffix("/tag"), &method) {
+                engine
+                    .images
+                    .tag(
+                        &percent_decode(name, false),
+                        q.get("repo").unwrap_or(""),
+                        q.get("tag").unwrap_or(""),
+                    )
+                    .await?;
+                let mut r = Response::new(empty());
+                *r.status_mut() = StatusCode::CREATED;
+                return Ok(r);
+            }
+            if method == Method::DELETE {
+                let name = percent_decode(rest, false);
+                let img = engine.images.resolve(&name).await?;
+                let users = engine.containers.users_of_image(&img.config_digest);
+                let v = engine
+                    .images
+                    .remove(&name, &img, q.bool("force"), &users)
+                    .await?;
+                return Ok(json_response(StatusCode::OK, &v));
+            }
             return Err(not_implemented(&method, &path));
         }
     }
@@ -237,6 +270,43 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
             engine.containers.stop(id, t, q.get("signal")).await?;
             Ok(no_content())
         }
+        (&Method::POST, ["containers", id, "restart"]) => {
+            let t = parse_t(&q)?;
+            engine.containers.restart(id, t, q.get("signal")).await?;
+            Ok(no_content())
+        }
+        (&Method::POST, ["containers", id, "pause"]) => {
+            engine.containers.pause(id).await?;
+            Ok(no_content())
+        }
+        (&Method::POST, ["containers", id, "unpause"]) => {
+            engine.containers.unpause(id).await?;
+            Ok(no_content())
+        }
+        (&Method::POST, ["containers", id, "rename"]) => {
+            engine.containers.rename(id, q.get("name").unwrap_or(""))?;
+            Ok(no_content())
+        }
+        (&Method::GET, ["containers", id, "top"]) => Ok(json_response(
+            StatusCode::OK,
+            &engine
+                .containers
+                .top(id, q.get("ps_args").unwrap_or(""))
+                .await?,
+        )),
+        (&Method::GET, ["containers", id, "stats"]) => {
+            let stream_it = q.get("stream").is_none_or(|_| q.bool("stream"));
+            let rx = engine
+                .containers
+                .stats(id, stream_it, q.bool("one-shot"))
+                .await?;
+            let mut r = Response::new(stream(rx));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(r)
+        }
         (&Method::POST, ["containers", id, "kill"]) => {
             engine.containers.kill(id, q.get("signal")).await?;
             Ok(no_content())
@@ -276,6 +346,26 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
             Ok(r)
         }
         (&Method::POST, ["containers", id, "attach"]) => attach(engine, req, id, &q, api).await,
+        (&Method::POST, ["containers", id, "exec"]) => {
+            let body = read_json(req).await?;
+            let eid = engine.containers.exec_create(id, &body)?;
+            Ok(json_response(StatusCode::CREATED, &json!({"Id": eid})))
+        }
+        (&Method::POST, ["exec", id, "start"]) => exec_start(engine, req, id, api).await,
+        (&Method::GET, ["exec", id, "json"]) => Ok(json_response(
+            StatusCode::OK,
+            &engine.containers.exec_inspect(id)?,
+        )),
+        (&Method::POST, ["exec", id, "resize"]) => {
+            let (w, h) = size_query(&q)?;
+            engine.containers.exec_resize(id, w, h).await?;
+            Ok(ok_empty())
+        }
+        (&Method::POST, ["containers", id, "resize"]) => {
+            let (w, h) = size_query(&q)?;
+            engine.containers.resize(id, w, h).await?;
+            Ok(ok_empty())
+        }
         (&Method::GET, ["containers", id, "logs"]) => {
             let opts = LogOptions {
                 stdout: q.bool("stdout"),
@@ -322,6 +412,25 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
         ))),
         _ => Err(not_implemented(&method, &path)),
     }
+}
+
+fn parse_t(q: &Query) -> Result<Option<i64>> {
+    match q.get("t").filter(|t| !t.is_empty()) {
+        Some(t) => Ok(Some(t.parse::<i64>().map_err(|_| {
+            EngineError::BadRequest(format!("invalid value for t: {t}"))
+        })?)),
+        None => Ok(None),
+    }
+}
+
+fn size_query(q: &Query) -> Result<(u32, u32)> {
+    let get = |k: &str| -> Result<u32> {
+        q.get(k)
+            .unwrap_or("0")
+            .parse::<u32>()
+            .map_err(|_| EngineError::BadRequest(format!("invalid value for {k}")))
+    };
+    Ok((get("w")?, get("h")?))
 }
 
 fn stream_type(tty: bool, api: (u32, u32)) -> HeaderValue {
@@ -396,6 +505,81 @@ async fn pull(engine: Arc<Engine>, q: &Query) -> Result<Response<Body>> {
     Ok(r)
 }
 
+/// Client stdin for a hijacked connection: the pipe, and whether the
+/// client's end of input closes it.
+type StdinSink = Option<(Arc<StdinPipe>, bool)>;
+
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("tcp"))
+}
+
+/// Answers an attach-like request: with `Upgrade: tcp`, 101 and the raw
+/// connection (output written from `out`, client bytes into `stdin`);
+/// without, a plain streaming response of `out`.
+fn hijack(
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    out: mpsc::Receiver<Bytes>,
+    stdin: StdinSink,
+    content_type: HeaderValue,
+) -> Response<Body> {
+    let Some(on_upgrade) = upgrade else {
+        let mut r = Response::new(stream(out));
+        r.headers_mut().insert(header::CONTENT_TYPE, content_type);
+        return r;
+    };
+    tokio::spawn(async move {
+        let io = match on_upgrade.await {
+            Ok(io) => io,
+            Err(e) => {
+                debug!("upgrade failed: {e}");
+                return;
+            }
+        };
+        let io = hyper_util::rt::TokioIo::new(io);
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let input = stdin.map(|(pipe, close_on_eof)| {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match rd.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if let Err(e) = pipe.write(Bytes::copy_from_slice(&buf[..n])).await {
+                                debug!("stdin write: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+                if close_on_eof {
+                    pipe.close().await;
+                }
+            })
+        });
+        let mut out = out;
+        while let Some(b) = out.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+        if let Some(t) = input {
+            t.abort();
+        }
+    });
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, content_type);
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
+    r
+}
+
 async fn attach(
     engine: Arc<Engine>,
     mut req: Request<Incoming>,
@@ -403,99 +587,109 @@ async fn attach(
     q: &Query,
     api: (u32, u32),
 ) -> Result<Response<Body>> {
-    if q.bool("stdin") {
-        return Err(EngineError::NotImplemented(
-            "attaching stdin is not implemented in orcad yet".into(),
-        ));
-    }
     if q.bool("logs") {
         return Err(EngineError::NotImplemented(
             "attach with logs=1 is not implemented in orcad yet".into(),
         ));
     }
     let (want_out, want_err) = (q.bool("stdout"), q.bool("stderr"));
-    let (tty, rx) = engine.containers.attach(id)?;
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("tcp"));
-    let encode = move |m: StreamMsg| -> Option<Option<Bytes>> {
-        match m {
-            StreamMsg::End => None,
-            StreamMsg::Data(sid, b) => {
-                if (sid == 1 && !want_out) || (sid == 2 && !want_err) {
-                    return Some(None);
-                }
-                Some(Some(if tty { b } else { frame(sid, &b) }))
-            }
-        }
+    let a = engine.containers.attach(id)?;
+    let tty = a.tty;
+    let stdin = if q.bool("stdin") {
+        a.stdin.map(|p| (p, a.stdin_once))
+    } else {
+        None
     };
-    if upgrade {
-        let on_upgrade = hyper::upgrade::on(&mut req);
+    let (tx, out) = mpsc::channel(64);
+    if let Some(mut rx) = a.rx {
         tokio::spawn(async move {
-            let io = match on_upgrade.await {
-                Ok(io) => io,
-                Err(e) => {
-                    debug!("attach upgrade failed: {e}");
-                    return;
-                }
-            };
-            let mut io = hyper_util::rt::TokioIo::new(io);
-            if let Some(mut rx) = rx {
-                loop {
-                    match rx.recv().await {
-                        Ok(m) => match encode(m) {
-                            None => break,
-                            Some(None) => {}
-                            Some(Some(b)) => {
-                                if io.write_all(&b).await.is_err() {
-                                    break;
-                                }
-                            }
-                        },
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            warn!("attach client too slow: {n} output chunks dropped");
+            loop {
+                match rx.recv().await {
+                    Ok(StreamMsg::End) => break,
+                    Ok(StreamMsg::Data(sid, b)) => {
+                        if (sid == 1 && !want_out) || (sid == 2 && !want_err) {
+                            continue;
                         }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    }
-                }
-            }
-            let _ = io.flush().await;
-            let _ = io.shutdown().await;
-        });
-        let mut r = Response::new(empty());
-        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, stream_type(tty, api));
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("tcp"));
-        return Ok(r);
-    }
-    // Without an upgrade request: a plain streaming response.
-    let (tx, body_rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let Some(mut rx) = rx else { return };
-        loop {
-            match rx.recv().await {
-                Ok(m) => match encode(m) {
-                    None => break,
-                    Some(None) => {}
-                    Some(Some(b)) => {
+                        let b = if tty { b } else { frame(sid, &b) };
                         if tx.send(b).await.is_err() {
                             break;
                         }
                     }
-                },
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => break,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!("attach client too slow: {n} output chunks dropped");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+    let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    Ok(hijack(upgrade, out, stdin, stream_type(tty, api)))
+}
+
+async fn exec_start(
+    engine: Arc<Engine>,
+    mut req: Request<Incoming>,
+    id: &str,
+    api: (u32, u32),
+) -> Result<Response<Body>> {
+    let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let v = read_json(req).await?;
+    let detach = v["Detach"].as_bool().unwrap_or(false);
+    let e = engine.containers.exec_claim(id)?;
+    if detach {
+        engine.containers.exec_start(e, true, None).await?;
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::OK;
+        return Ok(r);
+    }
+    let tty = e.cfg.tty;
+    let stdin = (e.cfg.attach_stdin && upgrade.is_some()).then(|| Arc::new(StdinPipe::default()));
+    let (tx, out) = mpsc::channel(64);
+    let containers = engine.containers.clone();
+    let pipe = stdin.clone();
+    tokio::spawn(async move {
+        let enc = |sid: u8, b: &[u8]| {
+            if tty {
+                Bytes::copy_from_slice(b)
+            } else {
+                frame(sid, b)
+            }
+        };
+        match containers.exec_start(e, false, pipe).await {
+            Err(err) => {
+                let _ = tx.send(enc(1, format!("{err}\r\n").as_bytes())).await;
+            }
+            Ok(None) => {}
+            Ok(Some(mut s)) => {
+                loop {
+                    tokio::select! {
+                        biased;
+                        m = s.rx.recv() => match m {
+                            Some(StreamMsg::Data(sid, b)) => {
+                                // A gone client: keep consuming.
+                                let _ = tx.send(enc(sid, &b)).await;
+                            }
+                            Some(StreamMsg::End) => {}
+                            None => break,
+                        },
+                        _ = async { s.done.wait_for(|d| *d).await.map(|_| ()) } => {
+                            while let Ok(m) = s.rx.try_recv() {
+                                if let StreamMsg::Data(sid, b) = m {
+                                    let _ = tx.send(enc(sid, &b)).await;
+                                }
+                            }
+                            break;
+                        }
+                    }
+                }
+                // The CLI inspects the exit code as soon as the stream ends.
+                let _ = s.done.wait_for(|d| *d).await.map(|_| ());
             }
         }
     });
-    let mut r = Response::new(stream(body_rx));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, stream_type(tty, api));
-    Ok(r)
+    let sink = stdin.map(|p| (p, true));
+    Ok(hijack(upgrade, out, sink, stream_type(tty, api)))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -124,6 +125,17 @@ pub struct Record {
     pub resolv_conf_path: String,
 }
 
+/// What POST /containers/{id}/attach streams.
+pub struct Attached {
+    pub tty: bool,
+    /// `None` when the container cannot produce output any more.
+    pub rx: Option<broadcast::Receiver<StreamMsg>>,
+    /// The container's stdin (OpenStdin).
+    pub stdin: Option<Arc<StdinPipe>>,
+    /// Close the container's stdin when the client's stdin ends.
+    pub stdin_once: bool,
+}
+
 /// Exit/removal notifications of one container.
 #[derive(Debug, Clone, Default)]
 pub struct Events {
@@ -150,6 +162,8 @@ pub struct Entry {
     pub io_running: watch::Sender<bool>,
     /// Serializes start/stop/remove.
     pub op: tokio::sync::Mutex<()>,
+    /// The task's stdin (OpenStdin containers).
+    pub stdin: Arc<StdinPipe>,
 }
 
 impl Entry {
@@ -160,6 +174,7 @@ impl Entry {
             streams: broadcast::channel(1024).0,
             io_running: watch::channel(false).0,
             op: tokio::sync::Mutex::new(()),
+            stdin: Arc::new(StdinPipe::default()),
         })
     }
 
@@ -168,7 +183,7 @@ impl Entry {
         self.rec.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn with_rec<T>(&self, f: impl FnOnce(&mut Record) -> T) -> T {
+    pub(crate) fn with_rec<T>(&self, f: impl FnOnce(&mut Record) -> T) -> T {
         let mut g = self.rec.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g)
     }
@@ -193,6 +208,123 @@ impl Entry {
             Some(t) => tokio::time::timeout(t, fut).await.unwrap_or(false),
             None => fut.await,
         }
+    }
+}
+
+#[derive(Default)]
+pub(crate) enum StdinState {
+    /// No task reads it yet: writers wait.
+    #[default]
+    NotOpen,
+    Open(Arc<File>),
+    /// Closed for this run of the process.
+    Closed,
+}
+
+/// The write side of a process's stdin FIFO. Writers that come before the
+/// process starts (attach precedes start) wait until it is opened.
+#[derive(Default)]
+pub struct StdinPipe {
+    state: Mutex<StdinState>,
+    changed: tokio::sync::Notify,
+    /// The process whose stdin this is (containerd client, container ID,
+    /// exec ID): the shim holds its own write side of the FIFO, closed with
+    /// `Tasks.CloseIO`.
+    process: Mutex<Option<(Containerd, String, String)>>,
+}
+
+impl StdinPipe {
+    pub(crate) fn set(&self, st: StdinState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = st;
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until the pipe is open (or closed: `None`).
+    async fn open_file(&self) -> Option<Arc<File>> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+                StdinState::Open(f) => return Some(f.clone()),
+                StdinState::Closed => return None,
+                StdinState::NotOpen => {}
+            }
+            notified.await;
+        }
+    }
+
+    /// Writes client bytes to the process's stdin.
+    pub async fn write(&self, data: Bytes) -> std::io::Result<()> {
+        let Some(f) = self.open_file().await else {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        };
+        tokio::task::spawn_blocking(move || (&*f).write_all(&data))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Opens the pipe for the writers: `file` is the FIFO's write side for
+    /// the process (`container_id`, `exec_id`).
+    pub(crate) fn open(&self, file: File, ctrd: &Containerd, container_id: &str, exec_id: &str) {
+        *self.process.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((ctrd.clone(), container_id.to_string(), exec_id.to_string()));
+        self.set(StdinState::Open(Arc::new(file)));
+    }
+
+    /// Closes stdin (the process reads EOF), once it has been opened.
+    pub async fn close(&self) {
+        if self.open_file().await.is_none() {
+            return;
+        }
+        self.set(StdinState::Closed);
+        let target = self
+            .process
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((ctrd, cid, eid)) = target {
+            if let Err(s) = ctrd
+                .tasks()
+                .close_io(ctrd.req(tasks::CloseIoRequest {
+                    container_id: cid,
+                    exec_id: eid,
+                    stdin: true,
+                }))
+                .await
+            {
+                debug!("closing stdin: {s}");
+            }
+        }
+    }
+}
+
+/// Creates a stdin FIFO and opens it read-write, so that a writer exists
+/// before the shim opens its read side.
+pub(crate) fn stdin_fifo(path: &Path) -> Result<File> {
+    let _ = fs::remove_file(path);
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| EngineError::internal(format!("mkfifo {}: {e}", path.display())))?;
+    Ok(OpenOptions::new().read(true).write(true).open(path)?)
+}
+
+/// Once the shim reads the FIFO: a write-only descriptor instead of the
+/// read-write one, so writes fail (EPIPE) rather than block forever when
+/// the reader goes away.
+pub(crate) fn stdin_writer(path: &Path, rdwr: File) -> File {
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => {
+            if let Ok(fl) = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL) {
+                let fl = nix::fcntl::OFlag::from_bits_truncate(fl) & !nix::fcntl::OFlag::O_NONBLOCK;
+                let _ = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl));
+            }
+            f
+        }
+        Err(_) => rdwr,
     }
 }
 
@@ -233,7 +365,7 @@ fn str_slice(v: &Value, field: &str) -> Result<Option<Vec<String>>> {
     }
 }
 
-fn valid_name(n: &str) -> bool {
+pub(crate) fn valid_name(n: &str) -> bool {
     let n = n.strip_prefix('/').unwrap_or(n);
     let b = n.as_bytes();
     b.len() >= 2
@@ -248,7 +380,7 @@ fn env_key(e: &str) -> &str {
 }
 
 /// Image env first, then the user's, replacing same keys.
-fn merge_env(image: &[String], user: &[String]) -> Vec<String> {
+pub(crate) fn merge_env(image: &[String], user: &[String]) -> Vec<String> {
     let mut out: Vec<String> = image.to_vec();
     for u in user {
         match out.iter_mut().find(|e| env_key(e) == env_key(u)) {
@@ -294,23 +426,41 @@ fn check_host_config(hc: &Value) -> Result<()> {
         Value::String(s) => !s.is_empty(),
     };
     for (k, what) in [
-        ("Binds", "HostConfig.Binds (volumes)"),
-        ("Mounts", "HostConfig.Mounts"),
         ("PortBindings", "HostConfig.PortBindings (published ports)"),
-        ("Privileged", "HostConfig.Privileged"),
-        ("Memory", "HostConfig.Memory"),
-        ("NanoCpus", "HostConfig.NanoCpus"),
-        ("CpuShares", "HostConfig.CpuShares"),
+        (
+            "PublishAllPorts",
+            "HostConfig.PublishAllPorts (published ports)",
+        ),
         ("VolumesFrom", "HostConfig.VolumesFrom"),
         ("Links", "HostConfig.Links"),
-        ("CapAdd", "HostConfig.CapAdd"),
-        ("CapDrop", "HostConfig.CapDrop"),
         ("Devices", "HostConfig.Devices"),
-        ("ReadonlyRootfs", "HostConfig.ReadonlyRootfs"),
-        ("Tmpfs", "HostConfig.Tmpfs"),
+        ("Init", "HostConfig.Init (docker-init)"),
+        ("ExtraHosts", "HostConfig.ExtraHosts"),
+        ("Dns", "HostConfig.Dns"),
+        ("DnsSearch", "HostConfig.DnsSearch"),
+        ("DnsOptions", "HostConfig.DnsOptions"),
+        ("GroupAdd", "HostConfig.GroupAdd"),
+        ("Sysctls", "HostConfig.Sysctls"),
+        ("VolumeDriver", "HostConfig.VolumeDriver"),
     ] {
         if nonempty(k) {
             return ni(what);
+        }
+    }
+    for (k, ok) in [
+        ("PidMode", ""),
+        ("IpcMode", ""),
+        ("UTSMode", ""),
+        ("UsernsMode", ""),
+        ("CgroupnsMode", ""),
+    ] {
+        let v = hc[k].as_str().unwrap_or("");
+        if !(v.is_empty()
+            || v == ok
+            || (k == "IpcMode" && (v == "private" || v == "shareable"))
+            || (k == "CgroupnsMode" && v == "host"))
+        {
+            return ni(&format!("HostConfig.{k} {v:?}"));
         }
     }
     match hc["NetworkMode"].as_str().unwrap_or("") {
@@ -331,10 +481,12 @@ fn check_host_config(hc: &Value) -> Result<()> {
 
 /// The container service.
 pub struct Containers {
-    cfg: ContainersConfig,
-    ctrd: Containerd,
+    pub(crate) cfg: ContainersConfig,
+    pub(crate) ctrd: Containerd,
     images: ImageService,
     map: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Exec instances by exec ID.
+    pub(crate) execs: Mutex<HashMap<String, Arc<crate::exec::ExecEntry>>>,
 }
 
 impl Containers {
@@ -351,6 +503,7 @@ impl Containers {
             ctrd,
             images,
             map: Mutex::new(HashMap::new()),
+            execs: Mutex::new(HashMap::new()),
         });
         c.load().await;
         Ok(c)
@@ -360,22 +513,36 @@ impl Containers {
         self.cfg.data_root.join("containers").join(id)
     }
 
-    fn exec_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn exec_dir(&self, id: &str) -> PathBuf {
         self.cfg.exec_root.join("containers").join(id)
     }
 
-    fn save(&self, rec: &Record) -> Result<()> {
+    pub(crate) fn save(&self, rec: &Record) -> Result<()> {
         let data = serde_json::to_vec_pretty(rec).map_err(EngineError::internal)?;
         util::write_atomic(&self.dir(&rec.id).join("config.json"), &data)?;
         Ok(())
     }
 
-    fn entries(&self) -> Vec<Arc<Entry>> {
+    pub(crate) fn lock_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Entry>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn entries(&self) -> Vec<Arc<Entry>> {
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
+            .collect()
+    }
+
+    /// Containers created from an image (ID, running).
+    pub fn users_of_image(&self, image_id: &str) -> Vec<(String, bool)> {
+        self.entries()
+            .iter()
+            .map(|e| e.record())
+            .filter(|r| r.image == image_id)
+            .map(|r| (r.id, r.state.running))
             .collect()
     }
 
@@ -532,11 +699,6 @@ impl Containers {
             v => serde_json::from_value(v.clone())
                 .map_err(|e| EngineError::BadRequest(format!("Labels: {e}")))?,
         };
-        if get_bool("OpenStdin") || get_bool("AttachStdin") {
-            return Err(EngineError::NotImplemented(
-                "attaching stdin (-i) is not implemented in orcad yet".into(),
-            ));
-        }
 
         let img = self.images.resolve(&image_ref).await?;
         let ic = &img.config["config"];
@@ -545,12 +707,12 @@ impl Containers {
             hostname: get_str("Hostname")?,
             domainname: get_str("Domainname")?,
             user: get_str("User")?,
-            attach_stdin: false,
+            attach_stdin: get_bool("AttachStdin"),
             attach_stdout: get_bool("AttachStdout"),
             attach_stderr: get_bool("AttachStderr"),
             tty: get_bool("Tty"),
-            open_stdin: false,
-            stdin_once: false,
+            open_stdin: get_bool("OpenStdin"),
+            stdin_once: get_bool("StdinOnce"),
             env: merge_env(&image_env, &user_env),
             cmd,
             image: image_ref.clone(),
@@ -646,6 +808,10 @@ impl Containers {
             hosts_path: dir.join("hosts").display().to_string(),
             resolv_conf_path: dir.join("resolv.conf").display().to_string(),
         };
+
+        // Resources, mounts and security options are checked now (a bad
+        // one fails the create, as with dockerd).
+        self.build_spec(&rec)?;
 
         // Reserve the name.
         let entry = {
@@ -789,6 +955,7 @@ impl Containers {
             hosts_path: &rec.hosts_path,
             resolv_conf_path: &rec.resolv_conf_path,
             cgroup_parent: &self.cfg.cgroup_parent,
+            host: &rec.host_config,
         })
     }
 
@@ -856,6 +1023,12 @@ impl Containers {
             nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600))
                 .map_err(|e| EngineError::internal(format!("mkfifo {}: {e}", p.display())))?;
         }
+        let stdin_path = xdir.join("init-stdin");
+        let stdin_rdwr = if rec.config.open_stdin {
+            Some(stdin_fifo(&stdin_path)?)
+        } else {
+            None
+        };
         let log = Arc::new(Mutex::new(
             OpenOptions::new()
                 .create(true)
@@ -904,7 +1077,11 @@ impl Containers {
             .create(self.ctrd.req(tasks::CreateTaskRequest {
                 container_id: id.clone(),
                 rootfs: mounts,
-                stdin: String::new(),
+                stdin: if stdin_rdwr.is_some() {
+                    stdin_path.display().to_string()
+                } else {
+                    String::new()
+                },
                 stdout: path_of(1),
                 stderr: path_of(2),
                 terminal: tty,
@@ -937,9 +1114,15 @@ impl Containers {
                 return Err(self.start_failed(entry, "failed to start task", s));
             }
         };
+        if let Some(f) = stdin_rdwr {
+            entry
+                .stdin
+                .open(stdin_writer(&stdin_path, f), &self.ctrd, &id, "");
+        }
         entry.with_rec(|r| {
             r.state.status = "running".into();
             r.state.running = true;
+            r.state.paused = false;
             r.state.pid = pid;
             r.state.exit_code = 0;
             r.state.error = String::new();
@@ -1012,6 +1195,7 @@ impl Containers {
                 (255, chrono::Utc::now())
             }
         };
+        entry.stdin.set(StdinState::NotOpen);
         let mut io = entry.io_running.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), io.wait_for(|r| !*r)).await;
         if let Err(s) = self
@@ -1029,11 +1213,13 @@ impl Containers {
         let _ = tokio::time::timeout(Duration::from_secs(2), io.wait_for(|r| !*r)).await;
         entry.with_rec(|r| {
             r.state.running = false;
+            r.state.paused = false;
             r.state.status = "exited".into();
             r.state.pid = 0;
             r.state.exit_code = code;
             r.state.finished_at = util::rfc3339(at);
         });
+        self.forget_execs(&id);
         if let Err(e) = self.save(&entry.record()) {
             warn!(id, "cannot save the container record: {e}");
         }
@@ -1085,7 +1271,7 @@ impl Containers {
     }
 
     async fn kill_task(&self, id: &str, signal: i32, all: bool) -> Result<()> {
-        match self
+        let res = match self
             .ctrd
             .tasks()
             .kill(self.ctrd.req(tasks::KillRequest {
@@ -1099,7 +1285,16 @@ impl Containers {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
             Err(s) => Err(EngineError::grpc("kill", s)),
+        };
+        // A frozen container gets the signal once thawed (like dockerd).
+        if let Ok(e) = self.lookup(id) {
+            if e.record().state.paused {
+                if let Err(err) = self.set_paused(&e, false).await {
+                    warn!(id, "unpausing to deliver a signal: {err}");
+                }
+            }
         }
+        res
     }
 
     /// POST /containers/{id}/stop.
@@ -1238,12 +1433,18 @@ impl Containers {
 
     /// Subscribes to a container's output for attach: `None` when the
     /// container has already exited (the stream ends at once).
-    pub fn attach(&self, key: &str) -> Result<(bool, Option<broadcast::Receiver<StreamMsg>>)> {
+    pub fn attach(&self, key: &str) -> Result<Attached> {
         let entry = self.lookup(key)?;
         let rx = entry.streams.subscribe();
         let rec = entry.record();
-        let live = rec.state.running || (rec.state.status == "created");
-        Ok((rec.config.tty, live.then_some(rx)))
+        let live =
+            rec.state.running || (rec.state.status == "created" || rec.state.status == "exited");
+        Ok(Attached {
+            tty: rec.config.tty,
+            rx: live.then_some(rx),
+            stdin: rec.config.open_stdin.then(|| entry.stdin.clone()),
+            stdin_once: rec.config.stdin_once,
+        })
     }
 
     /// GET /containers/{id}/logs: (tty, stream of ready-to-send chunks).
@@ -1281,10 +1482,10 @@ impl Containers {
             "MountLabel": "",
             "ProcessLabel": "",
             "AppArmorProfile": "",
-            "ExecIDs": null,
+            "ExecIDs": self.exec_ids(&rec.id),
             "HostConfig": rec.host_config,
             "GraphDriver": {"Name": self.cfg.snapshotter, "Data": null},
-            "Mounts": [],
+            "Mounts": mounts_json(&rec.host_config),
             "Config": rec.config,
             "NetworkSettings": {
                 "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": false,
@@ -1361,6 +1562,10 @@ impl Containers {
             };
             let status = match r.state.status.as_str() {
                 "running" => format!("Up {}", util::human_duration(now - ts(&r.state.started_at))),
+                "paused" => format!(
+                    "Up {} (Paused)",
+                    util::human_duration(now - ts(&r.state.started_at))
+                ),
                 "exited" => format!(
                     "Exited ({}) {} ago",
                     r.state.exit_code,
@@ -1397,8 +1602,47 @@ impl Containers {
     }
 }
 
+/// Docker's `Mounts` of inspect: binds and tmpfs mounts asked for.
+fn mounts_json(hc: &Value) -> Value {
+    let mounts = spec::user_mounts_no_side_effects(hc);
+    Value::Array(
+        mounts
+            .iter()
+            .filter(|m| {
+                // HostConfig.Tmpfs mounts are not listed by dockerd.
+                m["type"] == "bind"
+                    || !hc["Tmpfs"]
+                        .as_object()
+                        .is_some_and(|t| t.contains_key(m["destination"].as_str().unwrap_or("")))
+            })
+            .map(|m| {
+                let opts = spec::str_list(&m["options"]);
+                let rw = !opts.iter().any(|o| o == "ro");
+                let prop = opts
+                    .iter()
+                    .find(|o| o.contains("private") || o.contains("shared") || o.contains("slave"))
+                    .cloned()
+                    .unwrap_or_default();
+                json!({
+                    "Type": m["type"],
+                    "Source": if m["type"] == "bind" { m["source"].clone() } else { json!("") },
+                    "Destination": m["destination"],
+                    "Mode": "",
+                    "RW": rw,
+                    "Propagation": prop,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// Reads one stdio FIFO until EOF: json-file log lines plus fan-out.
-fn copy_stream(path: &Path, sid: u8, log: &Mutex<File>, tx: &broadcast::Sender<StreamMsg>) {
+pub(crate) fn copy_stream(
+    path: &Path,
+    sid: u8,
+    log: &Mutex<File>,
+    tx: &broadcast::Sender<StreamMsg>,
+) {
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) => {

@@ -779,6 +779,216 @@ impl ImageService {
         Ok(Value::Array(out))
     }
 
+    /// POST /images/{name}/tag: another containerd image record with the
+    /// same target.
+    pub async fn tag(&self, source: &str, repo: &str, tag: &str) -> Result<()> {
+        let img = self.resolve(source).await?;
+        if repo.is_empty() {
+            return Err(EngineError::BadRequest(
+                "repository name must have at least one component".into(),
+            ));
+        }
+        let full = if tag.is_empty() {
+            repo.to_string()
+        } else {
+            format!("{repo}:{tag}")
+        };
+        let r = Reference::parse(&full)?;
+        if r.digest.is_some() {
+            return Err(EngineError::BadRequest(
+                "refusing to create a tag with a digest reference".into(),
+            ));
+        }
+        let name = r.full();
+        let record = Image {
+            name: name.clone(),
+            target: Some(img.target.clone()),
+            ..Default::default()
+        };
+        match self
+            .ctrd
+            .images()
+            .create(self.ctrd.req(imgs::CreateImageRequest {
+                image: Some(record.clone()),
+                ..Default::default()
+            }))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                self.ctrd
+                    .images()
+                    .update(self.ctrd.req(imgs::UpdateImageRequest {
+                        image: Some(record),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["target".into()],
+                        }),
+                        ..Default::default()
+                    }))
+                    .await
+                    .map_err(|s| EngineError::grpc("update image", s))?;
+            }
+            Err(s) => return Err(EngineError::grpc("create image", s)),
+        }
+        info!(source, target = %name, "tagged image");
+        Ok(())
+    }
+
+    async fn delete_record(&self, name: &str, sync: bool) -> Result<()> {
+        match self
+            .ctrd
+            .images()
+            .delete(self.ctrd.req(imgs::DeleteImageRequest {
+                name: name.to_string(),
+                sync,
+                ..Default::default()
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(EngineError::grpc("delete image", s)),
+        }
+    }
+
+    /// DELETE /images/{name}. `users` are the containers created from the
+    /// image (ID, running). Removing one of several references untags it;
+    /// removing the last one (or the image by ID) deletes the image, which
+    /// any container using it prevents unless `force` (running ones even
+    /// then).
+    pub async fn remove(
+        &self,
+        name: &str,
+        img: &ResolvedImage,
+        force: bool,
+        users: &[(String, bool)],
+    ) -> Result<Value> {
+        let short_id = short(&img.config_digest);
+        let all = self.all().await?;
+        let mut same: Vec<String> = all
+            .iter()
+            .filter(|i| i.config_digest == img.config_digest)
+            .map(|i| i.name.clone())
+            .collect();
+        same.sort();
+        same.dedup();
+        let by_ref = Reference::parse(name)
+            .ok()
+            .map(|r| r.full())
+            .filter(|f| same.contains(f));
+        let mut out = Vec::new();
+        if let Some(r) = &by_ref {
+            if same.len() > 1 {
+                self.delete_record(r, false).await?;
+                out.push(json!({"Untagged": familiar(r)}));
+                return Ok(Value::Array(out));
+            }
+        } else if same.len() > 1 && !force {
+            return Err(EngineError::Conflict(format!(
+                "conflict: unable to delete {short_id} (must be forced) - image is referenced in multiple repositories"
+            )));
+        }
+        if let Some((cid, _)) = users.iter().find(|(_, running)| *running) {
+            return Err(EngineError::Conflict(format!(
+                "conflict: unable to delete {short_id} (cannot be forced) - image is being used by running container {}",
+                &cid[..12.min(cid.len())]
+            )));
+        }
+        if let (Some((cid, _)), false) = (users.first(), force) {
+            let cshort = &cid[..12.min(cid.len())];
+            return Err(EngineError::Conflict(match &by_ref {
+                Some(r) => format!(
+                    "conflict: unable to remove repository reference \"{}\" (must force) - container {cshort} is using its referenced image {short_id}",
+                    familiar(r)
+                ),
+                None => format!(
+                    "conflict: unable to delete {short_id} (must be forced) - image is being used by stopped container {cshort}"
+                ),
+            }));
+        }
+        let n = same.len();
+        for (i, r) in same.iter().enumerate() {
+            // The last delete waits for containerd's garbage collection.
+            self.delete_record(r, i + 1 == n).await?;
+            out.push(json!({"Untagged": familiar(r)}));
+        }
+        out.push(json!({"Deleted": img.config_digest}));
+        info!(image = %img.config_digest, "deleted image");
+        Ok(Value::Array(out))
+    }
+
+    /// GET /images/{name}/history: newest first.
+    pub async fn history(&self, name: &str) -> Result<Value> {
+        let img = self.resolve(name).await?;
+        let all = self.all().await.unwrap_or_default();
+        let tags: Vec<String> = all
+            .iter()
+            .filter(|i| i.config_digest == img.config_digest && !i.name.contains('@'))
+            .map(|i| familiar(&i.name))
+            .collect();
+        let hist = img.config["history"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut layer = 0usize;
+        let mut rows = Vec::new();
+        for h in &hist {
+            let empty = h["empty_layer"].as_bool().unwrap_or(false);
+            let size = if empty {
+                0
+            } else {
+                let i = layer;
+                layer += 1;
+                self.layer_size(&img, i).await
+            };
+            rows.push(json!({
+                "Id": "<missing>",
+                "Created": h["created"]
+                    .as_str()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| t.timestamp())
+                    .unwrap_or(0),
+                "CreatedBy": h["created_by"].as_str().unwrap_or(""),
+                "Tags": null,
+                "Size": size,
+                "Comment": h["comment"].as_str().unwrap_or(""),
+            }));
+        }
+        if rows.is_empty() {
+            // No history in the config: one row per layer.
+            for i in 0..img.chain_ids.len() {
+                rows.push(json!({
+                    "Id": "<missing>", "Created": created_unix(&img), "CreatedBy": "",
+                    "Tags": null, "Size": self.layer_size(&img, i).await, "Comment": "",
+                }));
+            }
+        }
+        rows.reverse();
+        if let Some(top) = rows.first_mut() {
+            top["Id"] = json!(img.config_digest);
+            top["Tags"] = json!(tags);
+        }
+        Ok(Value::Array(rows))
+    }
+
+    /// The unpacked size of layer `i` (its own snapshot), else its blob size.
+    async fn layer_size(&self, img: &ResolvedImage, i: usize) -> i64 {
+        if let Some(c) = img.chain_ids.get(i) {
+            if let Ok(u) = self
+                .ctrd
+                .snapshots()
+                .usage(self.ctrd.req(snaps::UsageRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: c.clone(),
+                }))
+                .await
+            {
+                return u.into_inner().size;
+            }
+        }
+        img.layers.get(i).map(|l| l.size).unwrap_or(0)
+    }
+
     /// GET /images/{name}/json.
     pub async fn inspect_json(&self, name: &str) -> Result<Value> {
         let img = self.resolve(name).await?;

@@ -60,6 +60,8 @@ pub struct SpecInput<'a> {
     pub hosts_path: &'a str,
     pub resolv_conf_path: &'a str,
     pub cgroup_parent: &'a str,
+    /// Docker's HostConfig (resources, security, mounts).
+    pub host: &'a Value,
 }
 
 /// Parses a numeric `uid[:gid]` ("" and "root" are 0:0).
@@ -85,6 +87,553 @@ pub fn parse_user(user: &str) -> Result<(u32, u32)> {
     Ok((uid, gid))
 }
 
+/// Every capability Linux knows (index = capability number).
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The capabilities the kernel supports and orcad's bounding set holds
+/// (like dockerd: a container cannot get more than the engine may grant).
+fn host_caps() -> Vec<&'static str> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(ALL_CAPS.len() - 1);
+    let bnd = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .take(last + 1)
+        .filter(|(i, _)| bnd & (1u64 << i) != 0)
+        .map(|(_, c)| *c)
+        .collect()
+}
+
+/// A JSON array of strings (anything else: empty).
+pub fn str_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn normalize_cap(c: &str) -> Result<String> {
+    let up = c.trim().to_ascii_uppercase();
+    if up == "ALL" {
+        return Ok(up);
+    }
+    let name = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
+    if !ALL_CAPS.contains(&name.as_str()) {
+        return Err(EngineError::BadRequest(format!(
+            "unknown capability: {c:?}"
+        )));
+    }
+    Ok(name)
+}
+
+/// Docker's capability tweaking: the default set (or all when privileged),
+/// `ALL` in CapAdd adds every capability, `ALL` in CapDrop starts empty.
+pub fn capabilities(privileged: bool, add: &[String], drop: &[String]) -> Result<Vec<String>> {
+    let add: Vec<String> = add
+        .iter()
+        .map(|c| normalize_cap(c))
+        .collect::<Result<_>>()?;
+    let drop: Vec<String> = drop
+        .iter()
+        .map(|c| normalize_cap(c))
+        .collect::<Result<_>>()?;
+    let host = host_caps();
+    if privileged {
+        return Ok(host.iter().map(|s| s.to_string()).collect());
+    }
+    let add_all = add.iter().any(|c| c == "ALL");
+    let drop_all = drop.iter().any(|c| c == "ALL");
+    let mut caps: Vec<String> = if add_all {
+        host.iter().map(|s| s.to_string()).collect()
+    } else if drop_all {
+        Vec::new()
+    } else {
+        DEFAULT_CAPS.iter().map(|s| s.to_string()).collect()
+    };
+    caps.retain(|c| !drop.contains(c));
+    if !add_all {
+        for c in &add {
+            if !caps.contains(c) && host.contains(&c.as_str()) {
+                caps.push(c.clone());
+            }
+        }
+    }
+    Ok(caps)
+}
+
+const PROPAGATIONS: &[&str] = &[
+    "private", "rprivate", "shared", "rshared", "slave", "rslave",
+];
+
+fn bind_mount(src: &str, dst: &str, ro: bool, propagation: &str, recursive: bool) -> Value {
+    let mut opts = vec![if recursive { "rbind" } else { "bind" }.to_string()];
+    opts.push(
+        if propagation.is_empty() {
+            "rprivate"
+        } else {
+            propagation
+        }
+        .to_string(),
+    );
+    if ro {
+        opts.push("ro".into());
+    }
+    json!({"destination": dst, "type": "bind", "source": src, "options": opts})
+}
+
+fn check_target(dst: &str) -> Result<()> {
+    if !dst.starts_with('/') {
+        return Err(EngineError::BadRequest(format!(
+            "invalid mount config: mount path must be absolute: {dst:?}"
+        )));
+    }
+    if dst == "/" {
+        return Err(EngineError::BadRequest(
+            "invalid specification: destination can't be '/'".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn tmpfs_options(defaults: &[&str], user: &str) -> Vec<String> {
+    let mut opts: Vec<String> = defaults.iter().map(|s| s.to_string()).collect();
+    for o in user.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        // "exec" cancels a default "noexec" (and so on).
+        opts.retain(|d| d.strip_prefix("no") != Some(o));
+        if !["exec", "suid", "dev"].contains(&o) {
+            opts.retain(|d| d.split('=').next() != o.split('=').next());
+            opts.push(o.to_string());
+        }
+    }
+    opts
+}
+
+/// HostConfig.Binds (host paths only), Mounts (bind, tmpfs) and Tmpfs as
+/// OCI mounts.
+pub fn user_mounts(hc: &Value) -> Result<Vec<Value>> {
+    user_mounts_impl(hc, true)
+}
+
+/// [`user_mounts`] without creating missing bind sources (for inspect);
+/// invalid entries are skipped.
+pub fn user_mounts_no_side_effects(hc: &Value) -> Vec<Value> {
+    user_mounts_impl(hc, false).unwrap_or_default()
+}
+
+fn user_mounts_impl(hc: &Value, create_missing: bool) -> Result<Vec<Value>> {
+    let mut out: Vec<Value> = Vec::new();
+    for b in str_list(&hc["Binds"]) {
+        let parts: Vec<&str> = b.split(':').collect();
+        let (src, dst, mode) = match parts.as_slice() {
+            [_] => {
+                return Err(EngineError::NotImplemented(format!(
+                    "anonymous volumes ({b}) are not implemented in orcad yet"
+                )))
+            }
+            [s, d] => (*s, *d, ""),
+            [s, d, m] => (*s, *d, *m),
+            _ => {
+                return Err(EngineError::BadRequest(format!(
+                    "invalid volume specification: '{b}'"
+                )))
+            }
+        };
+        if !src.starts_with('/') {
+            return Err(EngineError::NotImplemented(format!(
+                "named volumes ({src}) are not implemented in orcad yet"
+            )));
+        }
+        check_target(dst)?;
+        let mut ro = false;
+        let mut prop = "";
+        for m in mode.split(',').filter(|m| !m.is_empty()) {
+            match m {
+                "ro" => ro = true,
+                "rw" | "z" | "Z" | "nocopy" => {}
+                p if PROPAGATIONS.contains(&p) => prop = p,
+                other => return Err(EngineError::BadRequest(format!("invalid mode: {other}"))),
+            }
+        }
+        // Like dockerd: a missing host path of a bind is created.
+        if create_missing && !std::path::Path::new(src).exists() {
+            std::fs::create_dir_all(src).map_err(|e| {
+                EngineError::BadRequest(format!(
+                    "error while creating mount source path '{src}': {e}"
+                ))
+            })?;
+        }
+        out.push(bind_mount(src, dst, ro, prop, true));
+    }
+    if let Some(ms) = hc["Mounts"].as_array() {
+        for m in ms {
+            let typ = m["Type"].as_str().unwrap_or("");
+            let dst = m["Target"].as_str().unwrap_or("");
+            match typ {
+                "bind" => {
+                    let src = m["Source"].as_str().unwrap_or("");
+                    if !src.starts_with('/') {
+                        return Err(EngineError::BadRequest(format!(
+                            "invalid mount config for type \"bind\": invalid mount path: '{src}' mount path must be absolute"
+                        )));
+                    }
+                    check_target(dst)?;
+                    if create_missing && !std::path::Path::new(src).exists() {
+                        return Err(EngineError::BadRequest(format!(
+                            "invalid mount config for type \"bind\": bind source path does not exist: {src}"
+                        )));
+                    }
+                    let bo = &m["BindOptions"];
+                    let prop = bo["Propagation"].as_str().unwrap_or("");
+                    if !prop.is_empty() && !PROPAGATIONS.contains(&prop) {
+                        return Err(EngineError::BadRequest(format!(
+                            "invalid propagation mode: {prop}"
+                        )));
+                    }
+                    out.push(bind_mount(
+                        src,
+                        dst,
+                        m["ReadOnly"].as_bool().unwrap_or(false),
+                        prop,
+                        !bo["NonRecursive"].as_bool().unwrap_or(false),
+                    ));
+                }
+                "tmpfs" => {
+                    check_target(dst)?;
+                    if m["Source"].as_str().is_some_and(|s| !s.is_empty()) {
+                        return Err(EngineError::BadRequest(
+                            "invalid mount config for type \"tmpfs\": field Source must not be specified".into(),
+                        ));
+                    }
+                    let to = &m["TmpfsOptions"];
+                    let mut opts: Vec<String> =
+                        vec!["nosuid".into(), "nodev".into(), "noexec".into()];
+                    if let Some(n) = to["SizeBytes"].as_i64().filter(|n| *n > 0) {
+                        opts.push(format!("size={n}"));
+                    }
+                    if let Some(n) = to["Mode"].as_u64().filter(|n| *n > 0) {
+                        opts.push(format!("mode={n:o}"));
+                    }
+                    if m["ReadOnly"].as_bool().unwrap_or(false) {
+                        opts.push("ro".into());
+                    }
+                    out.push(json!({"destination": dst, "type": "tmpfs", "source": "tmpfs", "options": opts}));
+                }
+                "volume" | "npipe" | "cluster" | "image" => {
+                    return Err(EngineError::NotImplemented(format!(
+                        "mounts of type {typ:?} are not implemented in orcad yet"
+                    )))
+                }
+                other => {
+                    return Err(EngineError::BadRequest(format!(
+                        "invalid mount config: mount type unknown: {other:?}"
+                    )))
+                }
+            }
+        }
+    }
+    if let Some(t) = hc["Tmpfs"].as_object() {
+        for (dst, opts) in t {
+            check_target(dst)?;
+            let opts = tmpfs_options(&["noexec", "nosuid", "nodev"], opts.as_str().unwrap_or(""));
+            out.push(
+                json!({"destination": dst, "type": "tmpfs", "source": "tmpfs", "options": opts}),
+            );
+        }
+    }
+    for (i, m) in out.iter().enumerate() {
+        if out[..i]
+            .iter()
+            .any(|o| o["destination"] == m["destination"])
+        {
+            return Err(EngineError::BadRequest(format!(
+                "Duplicate mount point: {}",
+                m["destination"].as_str().unwrap_or("")
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn num(hc: &Value, k: &str) -> i64 {
+    hc[k].as_i64().unwrap_or(0)
+}
+
+fn host_cpus() -> i64 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as i64)
+        .unwrap_or(1)
+}
+
+/// `linux.resources` (without devices) from HostConfig; options orcad
+/// cannot apply answer 501.
+pub fn resources(hc: &Value) -> Result<Value> {
+    let bad = |m: &str| Err(EngineError::BadRequest(m.to_string()));
+    for k in [
+        "BlkioWeight",
+        "CpuRealtimePeriod",
+        "CpuRealtimeRuntime",
+        "KernelMemory",
+        "KernelMemoryTCP",
+        "CpuCount",
+        "CpuPercent",
+        "IOMaximumIOps",
+        "IOMaximumBandwidth",
+    ] {
+        if num(hc, k) != 0 {
+            return Err(EngineError::NotImplemented(format!(
+                "HostConfig.{k} is not implemented in orcad yet"
+            )));
+        }
+    }
+    for k in [
+        "BlkioWeightDevice",
+        "BlkioDeviceReadBps",
+        "BlkioDeviceWriteBps",
+        "BlkioDeviceReadIOps",
+        "BlkioDeviceWriteIOps",
+        "DeviceRequests",
+        "DeviceCgroupRules",
+    ] {
+        if hc[k].as_array().is_some_and(|a| !a.is_empty()) {
+            return Err(EngineError::NotImplemented(format!(
+                "HostConfig.{k} is not implemented in orcad yet"
+            )));
+        }
+    }
+    let mut r = json!({});
+    let mem = num(hc, "Memory");
+    let swap = num(hc, "MemorySwap");
+    if mem < 0 {
+        return bad("invalid memory limit");
+    }
+    if mem > 0 && mem < 6 * 1024 * 1024 {
+        return bad("Minimum memory limit allowed is 6MB");
+    }
+    if mem == 0 && swap > 0 {
+        return bad(
+            "You should always set the Memory limit when using Memoryswap limit, see usage",
+        );
+    }
+    if mem > 0 && swap > 0 && swap < mem {
+        return bad("Minimum memoryswap limit should be larger than memory limit, see usage");
+    }
+    let mut m = serde_json::Map::new();
+    if mem > 0 {
+        m.insert("limit".into(), json!(mem));
+        // Like dockerd: swap = 2 × memory unless given, when the kernel
+        // accounts swap.
+        if std::path::Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+            let s = match swap {
+                0 => mem * 2,
+                n => n,
+            };
+            m.insert("swap".into(), json!(s));
+        }
+    }
+    let resv = num(hc, "MemoryReservation");
+    if resv > 0 {
+        m.insert("reservation".into(), json!(resv));
+    }
+    if let Some(sw) = hc["MemorySwappiness"].as_i64().filter(|s| *s >= 0) {
+        if sw > 100 {
+            return bad(&format!(
+                "Invalid value: {sw}, valid memory swappiness range is 0-100"
+            ));
+        }
+        m.insert("swappiness".into(), json!(sw));
+    }
+    if hc["OomKillDisable"].as_bool().unwrap_or(false) {
+        m.insert("disableOOMKiller".into(), json!(true));
+    }
+    if !m.is_empty() {
+        r["memory"] = Value::Object(m);
+    }
+    let mut c = serde_json::Map::new();
+    let nano = num(hc, "NanoCpus");
+    let (quota, period) = (num(hc, "CpuQuota"), num(hc, "CpuPeriod"));
+    if nano != 0 {
+        if period != 0 {
+            return bad("Conflicting options: Nano CPUs and CPU Period cannot both be set");
+        }
+        if quota != 0 {
+            return bad("Conflicting options: Nano CPUs and CPU Quota cannot both be set");
+        }
+        let n = host_cpus();
+        if nano < 10_000_000 || nano > n * 1_000_000_000 {
+            return bad(&format!(
+                "Range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available"
+            ));
+        }
+        c.insert("period".into(), json!(100_000u64));
+        c.insert("quota".into(), json!(nano * 100_000 / 1_000_000_000));
+    }
+    if quota > 0 {
+        if quota < 1000 {
+            return bad("CPU cfs quota can not be less than 1ms (i.e. 1000)");
+        }
+        c.insert("quota".into(), json!(quota));
+    }
+    if period > 0 {
+        if !(1000..=1_000_000).contains(&period) {
+            return bad("CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s (i.e. 1000000)");
+        }
+        c.insert("period".into(), json!(period));
+    }
+    let shares = num(hc, "CpuShares");
+    if shares > 0 {
+        c.insert("shares".into(), json!(shares.max(2)));
+    }
+    for (k, o) in [("CpusetCpus", "cpus"), ("CpusetMems", "mems")] {
+        if let Some(v) = hc[k].as_str().filter(|v| !v.is_empty()) {
+            if !v
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
+            {
+                return bad(&format!("Invalid value {v} for cpuset {o}"));
+            }
+            c.insert(o.into(), json!(v));
+        }
+    }
+    if !c.is_empty() {
+        r["cpu"] = Value::Object(c);
+    }
+    let pids = num(hc, "PidsLimit");
+    if pids > 0 {
+        r["pids"] = json!({"limit": pids});
+    }
+    Ok(r)
+}
+
+const RLIMITS: &[&str] = &[
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+/// HostConfig.Ulimits as `process.rlimits`.
+pub fn rlimits(v: &Value) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for u in v.as_array().map(|a| a.as_slice()).unwrap_or_default() {
+        let name = u["Name"].as_str().unwrap_or("");
+        if !RLIMITS.contains(&name) {
+            return Err(EngineError::BadRequest(format!(
+                "invalid ulimit type: {name}"
+            )));
+        }
+        let (soft, hard) = (
+            u["Soft"].as_i64().unwrap_or(0),
+            u["Hard"].as_i64().unwrap_or(0),
+        );
+        if soft > hard {
+            return Err(EngineError::BadRequest(format!(
+                "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
+            )));
+        }
+        out.push(json!({
+            "type": format!("RLIMIT_{}", name.to_ascii_uppercase()),
+            "hard": hard as u64,
+            "soft": soft as u64,
+        }));
+    }
+    Ok(out)
+}
+
+/// HostConfig.SecurityOpt: `no-new-privileges` is applied; unconfined
+/// seccomp/apparmor and disabled labels match what orcad does anyway;
+/// anything else is 501.
+pub fn no_new_privileges(hc: &Value) -> Result<bool> {
+    let mut nnp = false;
+    for o in str_list(&hc["SecurityOpt"]) {
+        let (k, v) = o
+            .split_once('=')
+            .or_else(|| o.split_once(':'))
+            .unwrap_or((o.as_str(), ""));
+        match (k, v) {
+            ("no-new-privileges", "" | "true") => nnp = true,
+            ("no-new-privileges", "false") => nnp = false,
+            ("seccomp" | "apparmor", "unconfined") | ("label", "disable") => {}
+            _ => {
+                return Err(EngineError::NotImplemented(format!(
+                    "security option {o:?} is not implemented in orcad yet"
+                )))
+            }
+        }
+    }
+    Ok(nnp)
+}
+
 fn mount(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Value {
     json!({"destination": dest, "type": typ, "source": src, "options": opts})
 }
@@ -103,8 +652,24 @@ fn dev(typ: &str, major: Option<i64>, minor: Option<i64>, access: &str) -> Value
 /// The runtime spec (config.json) for a container.
 pub fn build(i: &SpecInput<'_>) -> Result<Value> {
     let (uid, gid) = parse_user(i.user)?;
-    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
-    let mounts = vec![
+    let hc = i.host;
+    let privileged = hc["Privileged"].as_bool().unwrap_or(false);
+    let caps = capabilities(
+        privileged,
+        &str_list(&hc["CapAdd"]),
+        &str_list(&hc["CapDrop"]),
+    )?;
+    let shm_size = match hc["ShmSize"].as_i64().unwrap_or(0) {
+        n if n > 0 => n,
+        _ => 67108864,
+    };
+    let shm_opt = format!("size={shm_size}");
+    let sys_ro: &[&str] = if privileged {
+        &["nosuid", "noexec", "nodev"]
+    } else {
+        &["nosuid", "noexec", "nodev", "ro"]
+    };
+    let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount(
             "/dev",
@@ -125,17 +690,16 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
                 "gid=5",
             ],
         ),
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        ),
+        mount("/sys", "sysfs", "sysfs", sys_ro),
         mount(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
-            &["ro", "nosuid", "noexec", "nodev"],
+            if privileged {
+                &["nosuid", "noexec", "nodev"]
+            } else {
+                &["ro", "nosuid", "noexec", "nodev"]
+            },
         ),
         mount(
             "/dev/mqueue",
@@ -147,7 +711,7 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
             "/dev/shm",
             "tmpfs",
             "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"],
+            &["nosuid", "noexec", "nodev", "mode=1777", &shm_opt],
         ),
         mount(
             "/etc/resolv.conf",
@@ -163,7 +727,11 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
         ),
         mount("/etc/hosts", "bind", i.hosts_path, &["rbind", "rprivate"]),
     ];
-    let devices = vec![
+    // User mounts replace default mounts at the same destination.
+    let user = user_mounts(hc)?;
+    mounts.retain(|m| !user.iter().any(|u| u["destination"] == m["destination"]));
+    mounts.extend(user);
+    let mut devices = vec![
         json!({"allow": false, "access": "rwm"}),
         dev("c", None, None, "m"),
         dev("b", None, None, "m"),
@@ -178,7 +746,13 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
         dev("c", Some(5), Some(2), "rwm"),
         dev("c", Some(10), Some(200), "rwm"),
     ];
-    Ok(json!({
+    if privileged {
+        devices = vec![json!({"allow": true, "access": "rwm"})];
+    }
+    let mut resources = resources(hc)?;
+    resources["devices"] = json!(devices);
+    let nnp = no_new_privileges(hc)?;
+    let mut spec = json!({
         "ociVersion": "1.0.2-dev",
         "process": {
             "terminal": i.tty,
@@ -191,14 +765,14 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
                 "effective": caps,
                 "permitted": caps,
             },
-            "noNewPrivileges": false,
-            "oomScoreAdj": 0,
+            "noNewPrivileges": nnp,
+            "oomScoreAdj": hc["OomScoreAdj"].as_i64().unwrap_or(0),
         },
-        "root": {"path": "rootfs", "readonly": false},
+        "root": {"path": "rootfs", "readonly": hc["ReadonlyRootfs"].as_bool().unwrap_or(false)},
         "hostname": i.hostname,
         "mounts": mounts,
         "linux": {
-            "resources": {"devices": devices},
+            "resources": resources,
             "cgroupsPath": format!("{}/{}", i.cgroup_parent.trim_end_matches('/'), i.id),
             "namespaces": [
                 {"type": "mount"},
@@ -207,10 +781,15 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
                 {"type": "pid"},
                 {"type": "ipc"},
             ],
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
+            "maskedPaths": if privileged { &[][..] } else { MASKED_PATHS },
+            "readonlyPaths": if privileged { &[][..] } else { READONLY_PATHS },
         },
-    }))
+    });
+    let rl = rlimits(&hc["Ulimits"])?;
+    if !rl.is_empty() {
+        spec["process"]["rlimits"] = json!(rl);
+    }
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -225,5 +804,56 @@ mod tests {
             parse_user("nobody"),
             Err(EngineError::NotImplemented(_))
         ));
+    }
+
+    #[test]
+    fn caps_resources_and_mounts() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let c = capabilities(false, &[], &s(&["ALL"])).unwrap();
+        assert!(c.is_empty());
+        let c = capabilities(false, &s(&["net_admin"]), &s(&["CHOWN"])).unwrap();
+        assert!(
+            c.contains(&"CAP_NET_ADMIN".to_string()) || !host_caps().contains(&"CAP_NET_ADMIN")
+        );
+        assert!(!c.contains(&"CAP_CHOWN".to_string()));
+        assert!(capabilities(false, &s(&["NOPE"]), &[]).is_err());
+
+        let r = resources(&json!({"Memory": 67108864, "NanoCpus": 500000000i64, "PidsLimit": 20}))
+            .unwrap();
+        assert_eq!(r["memory"]["limit"], 67108864);
+        assert_eq!(r["cpu"]["quota"], 50000);
+        assert_eq!(r["cpu"]["period"], 100000);
+        assert_eq!(r["pids"]["limit"], 20);
+        assert!(matches!(
+            resources(&json!({"Memory": 1024})),
+            Err(EngineError::BadRequest(_))
+        ));
+        assert!(matches!(
+            resources(&json!({"NanoCpus": 500000000i64, "CpuPeriod": 1000})),
+            Err(EngineError::BadRequest(_))
+        ));
+        assert!(matches!(
+            resources(&json!({"BlkioWeight": 10})),
+            Err(EngineError::NotImplemented(_))
+        ));
+
+        let m = user_mounts(&json!({"Binds": ["/tmp:/data:ro"], "Tmpfs": {"/t": "size=1m,exec"}}))
+            .unwrap();
+        assert_eq!(m[0]["options"], json!(["rbind", "rprivate", "ro"]));
+        assert_eq!(m[1]["options"], json!(["nosuid", "nodev", "size=1m"]));
+        assert!(matches!(
+            user_mounts(&json!({"Binds": ["vol:/data"]})),
+            Err(EngineError::NotImplemented(_))
+        ));
+        assert!(matches!(
+            user_mounts(&json!({"Binds": ["/tmp:/a", "/tmp:/a"]})),
+            Err(EngineError::BadRequest(_))
+        ));
+        assert_eq!(
+            rlimits(&json!([{"Name": "nofile", "Soft": 1, "Hard": 2}])).unwrap()[0]["type"],
+            "RLIMIT_NOFILE"
+        );
+        assert!(no_new_privileges(&json!({"SecurityOpt": ["no-new-privileges:true"]})).unwrap());
+        assert!(no_new_privileges(&json!({"SecurityOpt": ["apparmor=x"]})).is_err());
     }
 }
