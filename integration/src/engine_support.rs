@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -160,48 +160,7 @@ impl Drop for Orcad {
     }
 }
 
-/// Runs a command, killing it after `limit`; stdout/stderr via temp files.
-pub fn run_with_limit(c: &mut Command, limit: Duration) -> Result<Output, String> {
-    use std::io::{Seek, SeekFrom};
-    let mut out = tempfile::tempfile().map_err(|e| e.to_string())?;
-    let mut err = tempfile::tempfile().map_err(|e| e.to_string())?;
-    let mut child = c
-        .stdout(out.try_clone().map_err(|e| e.to_string())?)
-        .stderr(err.try_clone().map_err(|e| e.to_string())?)
-        .spawn()
-        .map_err(|e| format!("cannot run {c:?}: {e}"))?;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            let mut o = String::new();
-            let mut e = String::new();
-            let _ = out.seek(SeekFrom::Start(0));
-            let _ = out.read_to_string(&mut o);
-            let _ = err.seek(SeekFrom::Start(0));
-            let _ = err.read_to_string(&mut e);
-            return Err(format!(
-                "timed out after {limit:?}\nstdout: {o}\nstderr: {e}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    out.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    out.read_to_end(&mut stdout).map_err(|e| e.to_string())?;
-    err.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
-    err.read_to_end(&mut stderr).map_err(|e| e.to_string())?;
-    Ok(Output {
-        status,
-        stdout,
-        stderr,
-    })
-}
+pub use crate::process::run_with_limit;
 
 /// A raw HTTP/1.1 request over a unix socket (Connection: close).
 pub fn http_unix(

@@ -18,6 +18,7 @@ pub mod containerd;
 pub mod engine_support;
 pub mod image;
 pub mod mounts;
+pub mod process;
 pub mod registry;
 pub mod rootfs;
 pub mod runtime;
@@ -32,6 +33,7 @@ pub use image::{
     busybox_rootfs_tar, sha256_digest, tar_dir, write_busybox_oci_layout, ImageInfo, OciImage,
 };
 pub use mounts::{mounts_under, unmount_all_under};
+pub use process::{run_in_pty, run_with_limit};
 pub use registry::Registry;
 pub use rootfs::make_busybox_rootfs;
 pub use runtime::{is_cgroup_hybrid, Runtime, RuntimeKind};

@@ -6,12 +6,9 @@
 //! Set `ORCA_CTRD_RUNC_BINARY=/usr/sbin/runc` to run the same tests against runc itself (or
 //! against an argv-logging wrapper script when debugging).
 
-use std::io::Read;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use orca_integration::*;
 
@@ -151,108 +148,7 @@ impl Env {
 /// Runs a command capturing its output; kills it (and fails) after `timeout`.
 #[track_caller]
 fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    use std::io::{Seek, SeekFrom};
-    let mut out = tempfile::tempfile().expect("temp file");
-    let mut err = tempfile::tempfile().expect("temp file");
-    let mut child = cmd
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(err.try_clone().expect("dup"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    out.seek(SeekFrom::Start(0)).expect("seek");
-    out.read_to_end(&mut stdout).expect("read");
-    err.seek(SeekFrom::Start(0)).expect("seek");
-    err.read_to_end(&mut stderr).expect("read");
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
-
-/// Runs `cmd` with a new pty as its controlling terminal and stdio; returns its exit status
-/// and everything it wrote to the terminal.
-#[track_caller]
-fn run_in_pty(cmd: &mut Command, timeout: Duration) -> (std::process::ExitStatus, String) {
-    let pty = nix::pty::openpty(None, None).expect("openpty");
-    let master: OwnedFd = pty.master;
-    let slave: OwnedFd = pty.slave;
-    cmd.stdin(Stdio::from(slave.try_clone().expect("dup")))
-        .stdout(Stdio::from(slave.try_clone().expect("dup")))
-        .stderr(Stdio::from(slave.try_clone().expect("dup")));
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    drop(slave);
-    // Drop the Stdio copies held by the Command as well.
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let reader = std::thread::spawn(move || {
-        let mut f = std::fs::File::from(master);
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            match f.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                // EIO: every slave end is closed.
-                Err(_) => break,
-            }
-        }
-        buf
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} (in a pty) did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // The container's side of the terminal may stay open a little longer; give the reader
-    // time, but don't hang on a leaked slave.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !reader.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = if reader.is_finished() {
-        reader.join().expect("reader thread")
-    } else {
-        panic!("{cmd:?}: the pty was still open 10 s after the command exited");
-    };
-    (status, text(&out))
+    run_with_limit(cmd, timeout).unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
 /// Nothing of container `id` left in the shim's runc root, nor in any cgroup hierarchy.
