@@ -80,27 +80,10 @@ pub fn pid_of(rt: &Runtime, id: &str) -> i32 {
 /// Pids of live (non-zombie) processes whose command line contains `needle`,
 /// except the calling process.
 pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains(needle) && !is_zombie(pid) {
-            out.push(pid);
-        }
-    }
-    out
+    crate::util::pids_where_args(|args| args.join(" ").contains(needle))
+        .into_iter()
+        .filter(|pid| !is_zombie(*pid))
+        .collect()
 }
 
 /// Whether `/proc/<pid>` is gone or a zombie.

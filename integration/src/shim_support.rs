@@ -43,28 +43,9 @@ pub fn use_orca_shim() -> PathBuf {
 /// and the given containerd socket).
 pub fn orca_shim_pids(containerd_socket: &std::path::Path) -> Vec<i32> {
     let sock = containerd_socket.to_string_lossy().into_owned();
-    let mut pids = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in rd.filter_map(|e| e.ok()) {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.first().is_some_and(|a| a.contains(ORCA_SHIM_LINK))
-            && args.iter().any(|a| *a == sock)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
+    crate::util::pids_where_args(|args| {
+        args.first().is_some_and(|a| a.contains(ORCA_SHIM_LINK)) && args.iter().any(|a| *a == sock)
+    })
 }
 
 /// Kills containerd (SIGKILL: its shims keep running).

@@ -180,28 +180,8 @@ impl Supervisor {
     /// Pids of shims started by this supervisor (their command line names
     /// its socket).
     fn shim_pids(&self) -> Vec<i32> {
-        let sock = self.socket();
-        let sock = sock.to_string_lossy();
-        let mut pids = Vec::new();
-        let Ok(rd) = fs::read_dir("/proc") else {
-            return pids;
-        };
-        for e in rd.filter_map(|e| e.ok()) {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if args.iter().any(|a| a == sock.as_ref()) {
-                pids.push(pid);
-            }
-        }
-        pids
+        let sock = self.socket().to_string_lossy().into_owned();
+        crate::util::pids_where_args(|args| args.iter().any(|a| *a == sock))
     }
 }
 
