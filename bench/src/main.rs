@@ -8,6 +8,7 @@
 //! Figures live in one module per layer (runtime.rs now; shim.rs,
 //! supervisor.rs, engine.rs later), each exporting `figures()`.
 
+mod engine;
 mod figure;
 mod runtime;
 mod shim;
@@ -48,6 +49,7 @@ fn all_figures() -> Vec<Box<dyn Figure>> {
     v.extend(runtime::figures());
     v.extend(shim::figures());
     v.extend(supervisor::figures());
+    v.extend(engine::figures());
     v
 }
 

@@ -168,7 +168,15 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
 
     // Image names contain slashes: match /images/... by prefix/suffix.
     if let Some(rest) = path.strip_prefix("/images/") {
-        if rest != "create" && rest != "json" {
+        if !["create", "json", "get", "load", "prune"].contains(&rest) {
+            if let (Some(name), &Method::GET) = (rest.strip_suffix("/get"), &method) {
+                return crate::archive::save(
+                    engine,
+                    req.uri().query(),
+                    Some(&percent_decode(name, false)),
+                )
+                .await;
+            }
             if let (Some(name), &Method::GET) = (rest.strip_suffix("/json"), &method) {
                 let v = engine
                     .images
@@ -189,6 +197,7 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
                         q.get("tag").unwrap_or(""),
                     )
                     .await?;
+                crate::events::image_tagged(&engine, q.get("repo").unwrap_or(""), q.get("tag").unwrap_or("")).await;
                 let mut r = Response::new(empty());
                 *r.status_mut() = StatusCode::CREATED;
                 return Ok(r);
@@ -201,6 +210,7 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
                     .images
                     .remove(&name, &img, q.bool("force"), &users)
                     .await?;
+                engine.events.image_removed(&img.config_digest, &v);
                 return Ok(json_response(StatusCode::OK, &v));
             }
             return Err(not_implemented(&method, &path));
@@ -222,7 +232,45 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
             StatusCode::OK,
             &crate::info::info(&engine).await,
         )),
+        (&Method::POST, ["images", "create"])
+            if q.get("fromSrc").is_some_and(|s| !s.is_empty()) =>
+        {
+            crate::archive::import(engine, req).await
+        }
         (&Method::POST, ["images", "create"]) => pull(engine, &q).await,
+        (&Method::GET, ["images", "get"]) => {
+            crate::archive::save(engine, req.uri().query(), None).await
+        }
+        (&Method::POST, ["images", "load"]) => crate::archive::load(engine, req, &q).await,
+        (&Method::POST, ["images", "prune"]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::prune::images(engine, &q).await?,
+        )),
+        (&Method::POST, ["containers", "prune"]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::prune::containers(engine, &q).await?,
+        )),
+        (&Method::POST, ["networks", "prune"]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::prune::networks(&engine, &q)?,
+        )),
+        (&Method::POST, ["build", "prune"]) => {
+            Ok(json_response(StatusCode::OK, &crate::prune::build_cache()))
+        }
+        (&Method::GET, ["system", "df"]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::prune::df(engine).await?,
+        )),
+        (&Method::GET, ["containers", id, "export"]) => crate::archive::export(engine, id).await,
+        (&Method::HEAD, ["containers", id, "archive"]) => {
+            crate::archive::archive_get(engine, id, &q, true).await
+        }
+        (&Method::GET, ["containers", id, "archive"]) => {
+            crate::archive::archive_get(engine, id, &q, false).await
+        }
+        (&Method::PUT, ["containers", id, "archive"]) => {
+            crate::archive::archive_put(engine, req, id, &q).await
+        }
         (&Method::GET, ["images", "json"]) => Ok(json_response(
             StatusCode::OK,
             &engine.images.list_json().await?,
@@ -399,11 +447,23 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
                 .insert(header::CONTENT_TYPE, stream_type(tty, api));
             Ok(r)
         }
-        // No networks, volumes or plugins exist in orcad yet: "not found" is
-        // the honest answer (and lets `docker inspect NAME` finish).
-        (&Method::GET, ["networks", name]) => {
-            Err(EngineError::NotFound(format!("network {name} not found")))
+        (&Method::GET, ["events"]) => {
+            let mut r = Response::new(stream(engine.events.serve(&q)?));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok(r)
         }
+        (&Method::GET, ["networks"]) => Ok(json_response(StatusCode::OK, &crate::networks::list_json(&engine, &q)?)),
+        (&Method::POST, ["networks", "create"]) => {
+            let body = read_json(req).await?;
+            Ok(json_response(StatusCode::CREATED, &engine.networks.create(&body)?))
+        }
+        (&Method::GET, ["networks", name]) => Ok(json_response(StatusCode::OK, &crate::networks::inspect_json(&engine, name)?)),
+        (&Method::DELETE, ["networks", name]) => {
+            crate::networks::remove(&engine, name)?;
+            Ok(no_content())
+        }
+        // No volumes or plugins exist in orcad yet: "not found" is the
+        // honest answer (and lets `docker inspect NAME` finish).
         (&Method::GET, ["volumes", name]) => {
             Err(EngineError::NotFound(format!("get {name}: no such volume")))
         }
@@ -486,11 +546,17 @@ async fn pull(engine: Arc<Engine>, q: &Query) -> Result<Response<Body>> {
         format!("{image}:{tag}")
     };
     let r = Reference::parse(&full_ref)?;
+    let pulled = crate::reference::familiar(&r.full());
     let plan = engine.images.pull_prepare(r).await?;
     let (tx, rx) = mpsc::channel(64);
     let images = engine.images.clone();
+    let events = engine.events.clone();
     tokio::spawn(async move {
-        if let Err(e) = images.pull_run(plan, &tx).await {
+        let res = images.pull_run(plan, &tx).await;
+        if res.is_ok() {
+            events.image("pull", &pulled, &pulled);
+        }
+        if let Err(e) = res {
             warn!("pull failed: {e}");
             let msg = e.to_string();
             let v = json!({"errorDetail": {"message": msg}, "error": msg}).to_string() + "\r\n";

@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,9 +21,12 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::config::{log_limits, LogLimits};
 use crate::containerd::Containerd;
 use crate::error::{EngineError, Result};
+use crate::events::EventBus;
 use crate::images::ImageService;
+use crate::networks::Networks;
 use crate::spec;
 use crate::util::{self, Query};
 
@@ -37,6 +41,12 @@ pub struct ContainersConfig {
     pub runtime: String,
     pub snapshotter: String,
     pub cgroup_parent: String,
+    /// Daemon-wide json-file options (`log-opts`), merged into each
+    /// container's LogConfig at create.
+    pub log_opts: BTreeMap<String, String>,
+    /// Daemon-wide `default-ulimits` (HostConfig.Ulimits entries), applied
+    /// for the names a container does not set.
+    pub default_ulimits: Vec<Value>,
 }
 
 /// Docker's `container.Config` (the fields orcad keeps), echoed by inspect.
@@ -123,7 +133,99 @@ pub struct Record {
     pub hostname_path: String,
     pub hosts_path: String,
     pub resolv_conf_path: String,
+    /// Automatic restarts since the last manual start.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Stopped or killed through the API (unless-stopped does not restart).
+    #[serde(default)]
+    pub has_been_manually_stopped: bool,
+    /// The init process's stdio FIFOs while a task exists (reopened by a
+    /// restarted orcad).
+    #[serde(default)]
+    pub stdio: Option<StdioPaths>,
+    /// User-defined networks joined (name → endpoint); records only.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Endpoint>,
 }
+
+/// The stdio FIFO paths of a task ("" = none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A container's membership of a user-defined network.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub network_id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// Docker's restart policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    No,
+    Always,
+    UnlessStopped,
+    /// With the maximum retry count (0 = unlimited).
+    OnFailure(u32),
+}
+
+impl RestartPolicy {
+    /// HostConfig.RestartPolicy, validated with dockerd's messages.
+    pub fn from_host_config(hc: &Value) -> Result<RestartPolicy> {
+        let rp = &hc["RestartPolicy"];
+        let name = rp["Name"].as_str().unwrap_or("");
+        let max = rp["MaximumRetryCount"].as_i64().unwrap_or(0);
+        match name {
+            "always" | "unless-stopped" | "no" => {
+                if max != 0 {
+                    let mut msg = "invalid restart policy: maximum retry count can only be used with 'on-failure'".to_string();
+                    if max < 0 {
+                        msg.push_str(" and cannot be negative");
+                    }
+                    return Err(EngineError::BadRequest(msg));
+                }
+                Ok(match name {
+                    "always" => RestartPolicy::Always,
+                    "unless-stopped" => RestartPolicy::UnlessStopped,
+                    _ => RestartPolicy::No,
+                })
+            }
+            "on-failure" => {
+                if max < 0 {
+                    return Err(EngineError::BadRequest(
+                        "invalid restart policy: maximum retry count cannot be negative".into(),
+                    ));
+                }
+                Ok(RestartPolicy::OnFailure(max.min(u32::MAX as i64) as u32))
+            }
+            "" => Ok(RestartPolicy::No),
+            other => Err(EngineError::BadRequest(format!(
+                "invalid restart policy: unknown policy '{other}'; use one of 'no', 'always', 'on-failure', or 'unless-stopped'"
+            ))),
+        }
+    }
+}
+
+/// dockerd's restart manager state (memory only): the backoff delay and
+/// whether an API stop/kill cancelled restarts.
+#[derive(Debug, Default)]
+pub(crate) struct RestartState {
+    timeout: Duration,
+    cancelled: bool,
+    /// Bumped to invalidate a pending delayed restart.
+    generation: u64,
+}
+
+/// First restart delay; doubled per restart, capped at [`RESTART_MAX`],
+/// back to the start after a run of 10 s (dockerd's numbers).
+pub const RESTART_FIRST: Duration = Duration::from_millis(100);
+/// Longest restart delay.
+pub const RESTART_MAX: Duration = Duration::from_secs(60);
 
 /// What POST /containers/{id}/attach streams.
 pub struct Attached {
@@ -164,6 +266,8 @@ pub struct Entry {
     pub op: tokio::sync::Mutex<()>,
     /// The task's stdin (OpenStdin containers).
     pub stdin: Arc<StdinPipe>,
+    /// Restart policy bookkeeping.
+    pub(crate) restart: Mutex<RestartState>,
 }
 
 impl Entry {
@@ -175,7 +279,12 @@ impl Entry {
             io_running: watch::channel(false).0,
             op: tokio::sync::Mutex::new(()),
             stdin: Arc::new(StdinPipe::default()),
+            restart: Mutex::new(RestartState::default()),
         })
+    }
+
+    fn restart_state(&self) -> std::sync::MutexGuard<'_, RestartState> {
+        self.restart.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A copy of the record.
@@ -464,12 +573,17 @@ fn check_host_config(hc: &Value) -> Result<()> {
         }
     }
     match hc["NetworkMode"].as_str().unwrap_or("") {
-        "" | "default" | "bridge" | "none" => {}
-        other => return ni(&format!("network mode {other:?}")),
+        m @ ("host" | "container") => return ni(&format!("network mode {m:?}")),
+        m if m.starts_with("container:") => return ni(&format!("network mode {m:?}")),
+        // "", default, bridge, none, or a user-defined network (checked at
+        // create).
+        _ => {}
     }
-    match hc["RestartPolicy"]["Name"].as_str().unwrap_or("") {
-        "" | "no" => {}
-        other => return ni(&format!("restart policy {other:?}")),
+    let policy = RestartPolicy::from_host_config(hc)?;
+    if hc["AutoRemove"].as_bool().unwrap_or(false) && policy != RestartPolicy::No {
+        return Err(EngineError::BadRequest(
+            "can't create 'AutoRemove' container with restart policy".into(),
+        ));
     }
     if let Some(t) = hc["LogConfig"]["Type"].as_str() {
         if !t.is_empty() && t != "json-file" {
@@ -477,6 +591,48 @@ fn check_host_config(hc: &Value) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// dockerd's restart manager: the delay before the next restart, or
+/// `None`. Backoff 100 ms doubling up to 1 min, reset after a run of 10 s
+/// or more.
+fn should_restart(rs: &mut RestartState, rec: &Record, code: i64, ran_for: Duration) -> Option<Duration> {
+    let policy = RestartPolicy::from_host_config(&rec.host_config).unwrap_or(RestartPolicy::No);
+    if policy == RestartPolicy::No || rs.cancelled {
+        return None;
+    }
+    if ran_for >= Duration::from_secs(10) {
+        rs.timeout = Duration::ZERO;
+    }
+    rs.timeout = if rs.timeout.is_zero() {
+        RESTART_FIRST
+    } else {
+        (rs.timeout * 2).min(RESTART_MAX)
+    };
+    let restart = match policy {
+        RestartPolicy::No => false,
+        RestartPolicy::Always => true,
+        RestartPolicy::UnlessStopped => !rec.has_been_manually_stopped,
+        RestartPolicy::OnFailure(max) => (max == 0 || rec.restart_count < max) && code != 0,
+    };
+    restart.then_some(rs.timeout)
+}
+
+/// A container's json-file limits from its (merged) LogConfig.
+pub(crate) fn container_log_limits(hc: &Value) -> Result<LogLimits> {
+    let opts: BTreeMap<String, String> = match &hc["LogConfig"]["Config"] {
+        Value::Null => BTreeMap::new(),
+        v => serde_json::from_value(v.clone()).map_err(|e| {
+            EngineError::BadRequest(format!("LogConfig.Config must map strings to strings: {e}"))
+        })?,
+    };
+    log_limits(&opts).map_err(|(ni, m)| {
+        if ni {
+            EngineError::NotImplemented(m)
+        } else {
+            EngineError::BadRequest(m)
+        }
+    })
 }
 
 /// The container service.
@@ -487,14 +643,28 @@ pub struct Containers {
     map: Mutex<HashMap<String, Arc<Entry>>>,
     /// Exec instances by exec ID.
     pub(crate) execs: Mutex<HashMap<String, Arc<crate::exec::ExecEntry>>>,
+    /// The event stream.
+    pub events: Arc<EventBus>,
+    /// User-defined network records.
+    pub networks: Arc<Networks>,
+    /// Set at daemon shutdown: exits are not restarted.
+    shutting_down: AtomicBool,
+    /// Set at a live-restore shutdown: stdio copiers stop at a line
+    /// boundary and leave the rest in the FIFOs for the next orcad.
+    stop_copiers: Arc<AtomicBool>,
 }
 
 impl Containers {
-    /// Creates the service and loads the containers recorded under data-root.
+    /// Creates the service and loads the containers recorded under data-root
+    /// (reattaching to running tasks, collecting exits that happened while
+    /// orcad was down, and starting containers whose restart policy says
+    /// so).
     pub async fn new(
         cfg: ContainersConfig,
         ctrd: Containerd,
         images: ImageService,
+        events: Arc<EventBus>,
+        networks: Arc<Networks>,
     ) -> anyhow::Result<Arc<Containers>> {
         fs::create_dir_all(cfg.data_root.join("containers"))?;
         fs::create_dir_all(cfg.exec_root.join("containers"))?;
@@ -504,9 +674,57 @@ impl Containers {
             images,
             map: Mutex::new(HashMap::new()),
             execs: Mutex::new(HashMap::new()),
+            events,
+            networks,
+            shutting_down: AtomicBool::new(false),
+            stop_copiers: Arc::new(AtomicBool::new(false)),
         });
         c.load().await;
         Ok(c)
+    }
+
+    /// Daemon shutdown. Without live-restore every running container is
+    /// stopped (its stop signal, then SIGKILL after its stop timeout capped
+    /// by `timeout`), as dockerd does. With live-restore containers keep
+    /// running: the stdio copiers stop at a line boundary so the next orcad
+    /// reopens the FIFOs without losing or splitting output.
+    pub async fn shutdown(self: &Arc<Self>, live_restore: bool, timeout: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let entries = self.entries();
+        if live_restore {
+            self.stop_copiers.store(true, Ordering::SeqCst);
+            for e in &entries {
+                let mut io = e.io_running.subscribe();
+                let _ = tokio::time::timeout(Duration::from_secs(2), io.wait_for(|r| !*r)).await;
+            }
+            info!("live-restore: containers left running");
+            return;
+        }
+        let mut waits = Vec::new();
+        for e in entries {
+            let rec = e.record();
+            if !rec.state.running || rec.state.restarting {
+                continue;
+            }
+            let me = self.clone();
+            let t = rec.config.stop_timeout.unwrap_or(10).min(timeout.as_secs() as i64);
+            waits.push(tokio::spawn(async move {
+                if let Err(err) = me.stop_inner(&e, Some(t), None, false).await {
+                    warn!(id = %rec.id, "stopping at shutdown: {err}");
+                }
+            }));
+        }
+        if !waits.is_empty() {
+            info!(n = waits.len(), "stopping running containers");
+        }
+        let all = async {
+            for w in waits {
+                let _ = w.await;
+            }
+        };
+        if tokio::time::timeout(timeout + Duration::from_secs(5), all).await.is_err() {
+            warn!("some containers did not stop within the shutdown timeout");
+        }
     }
 
     fn dir(&self, id: &str) -> PathBuf {
@@ -557,6 +775,7 @@ impl Containers {
         let Ok(rd) = fs::read_dir(self.cfg.data_root.join("containers")) else {
             return;
         };
+        let mut to_start = Vec::new();
         for d in rd.filter_map(|e| e.ok()) {
             let p = d.path().join("config.json");
             let rec: Record = match fs::read(&p)
@@ -576,46 +795,238 @@ impl Containers {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id.clone(), entry.clone());
-            if was_running {
-                let task = self
-                    .ctrd
-                    .tasks()
-                    .get(self.ctrd.req(tasks::GetRequest {
-                        container_id: id.clone(),
-                        exec_id: String::new(),
-                    }))
-                    .await
-                    .ok()
-                    .and_then(|r| r.into_inner().process);
-                match task {
-                    // 2 = RUNNING: keep monitoring (its output is not reattached).
-                    Some(p) if p.status == 2 => {
-                        info!(
-                            id,
-                            "container still running; monitoring it again (output not reattached)"
-                        );
-                        let me = self.clone();
-                        tokio::spawn(async move { me.monitor(entry).await });
-                    }
-                    other => {
-                        let code = other.map(|p| p.exit_status as i64).unwrap_or(255);
-                        let _ = self
-                            .ctrd
-                            .tasks()
-                            .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                                container_id: id.clone(),
-                            }))
-                            .await;
-                        entry.with_rec(|r| {
-                            r.state.running = false;
-                            r.state.status = "exited".into();
-                            r.state.pid = 0;
-                            r.state.exit_code = code;
-                            r.state.finished_at = util::now();
-                        });
-                        let _ = self.save(&entry.record());
+            if !was_running {
+                if self.restart_at_daemon_start(&entry) {
+                    to_start.push(entry);
+                }
+                continue;
+            }
+            let task = self
+                .ctrd
+                .tasks()
+                .get(self.ctrd.req(tasks::GetRequest {
+                    container_id: id.clone(),
+                    exec_id: String::new(),
+                }))
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().process);
+            match task {
+                // RUNNING, PAUSED, PAUSING: reattach stdio and monitor again.
+                Some(p) if matches!(p.status, 2 | 4 | 5) => {
+                    let paused = p.status != 2;
+                    entry.with_rec(|r| {
+                        r.state.running = true;
+                        r.state.restarting = false;
+                        r.state.paused = paused;
+                        r.state.status = if paused { "paused" } else { "running" }.into();
+                        r.state.pid = p.pid;
+                    });
+                    let _ = self.save(&entry.record());
+                    self.reattach_io(&entry);
+                    info!(id, pid = p.pid, "container still running: reattached");
+                    let me = self.clone();
+                    tokio::spawn(async move { me.monitor(entry).await });
+                }
+                other => {
+                    // Exited while orcad was down: collect the output the
+                    // FIFOs still hold and the exit status, then clean up.
+                    let (code, at) = match &other {
+                        Some(p) if p.status == 3 => (
+                            p.exit_status as i64,
+                            p.exited_at
+                                .as_ref()
+                                .map(|t| util::rfc3339(util::from_proto_ts(Some(t))))
+                                .unwrap_or_else(util::now),
+                        ),
+                        _ => (255, util::now()),
+                    };
+                    self.drain_io(&entry);
+                    let _ = self
+                        .ctrd
+                        .tasks()
+                        .delete(self.ctrd.req(tasks::DeleteTaskRequest {
+                            container_id: id.clone(),
+                        }))
+                        .await;
+                    entry.with_rec(|r| {
+                        r.state.running = false;
+                        r.state.restarting = false;
+                        r.state.paused = false;
+                        r.state.status = "exited".into();
+                        r.state.pid = 0;
+                        r.state.exit_code = code;
+                        r.state.finished_at = at;
+                        r.stdio = None;
+                    });
+                    let _ = self.save(&entry.record());
+                    info!(id, code, "container exited while orcad was down");
+                    self.events.container(
+                        "die",
+                        &entry.record(),
+                        &[("exitCode", code.to_string())],
+                    );
+                    if entry.record().auto_remove {
+                        if let Err(e) = self.remove_entry(&entry).await {
+                            warn!(id, "auto-remove failed: {e}");
+                        }
+                    } else if self.restart_at_daemon_start(&entry) {
+                        to_start.push(entry);
                     }
                 }
+            }
+        }
+        for entry in to_start {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let id = entry.record().id;
+                info!(id, "starting container (restart policy)");
+                let _op = entry.op.lock().await;
+                if let Err(e) = me.start_locked(&entry).await {
+                    warn!(id, "restart-policy start failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// dockerd's `ShouldRestart` at daemon start: `always`, `unless-stopped`
+    /// unless stopped through the API, `on-failure` after a failure with
+    /// retries left; only containers that ran before.
+    fn restart_at_daemon_start(&self, entry: &Arc<Entry>) -> bool {
+        let rec = entry.record();
+        if rec.state.started_at == util::ZERO_TIME || rec.state.status == "removing" {
+            return false;
+        }
+        match RestartPolicy::from_host_config(&rec.host_config).unwrap_or(RestartPolicy::No) {
+            RestartPolicy::No => false,
+            RestartPolicy::Always => true,
+            RestartPolicy::UnlessStopped => !rec.has_been_manually_stopped,
+            RestartPolicy::OnFailure(max) => {
+                rec.state.exit_code != 0 && (max == 0 || rec.restart_count < max)
+            }
+        }
+    }
+
+    /// The FIFOs of the recorded stdio (older records: the default paths).
+    fn stdio_fifos(&self, rec: &Record) -> (Vec<(u8, PathBuf)>, Option<PathBuf>) {
+        let st = rec.stdio.clone().unwrap_or_else(|| {
+            let x = self.exec_dir(&rec.id);
+            StdioPaths {
+                stdin: if rec.config.open_stdin {
+                    x.join("init-stdin").display().to_string()
+                } else {
+                    String::new()
+                },
+                stdout: x.join("init-stdout").display().to_string(),
+                stderr: if rec.config.tty {
+                    String::new()
+                } else {
+                    x.join("init-stderr").display().to_string()
+                },
+            }
+        });
+        let mut out = Vec::new();
+        if !st.stdout.is_empty() {
+            out.push((1, PathBuf::from(&st.stdout)));
+        }
+        if !st.stderr.is_empty() {
+            out.push((2, PathBuf::from(&st.stderr)));
+        }
+        let stdin = (!st.stdin.is_empty()).then(|| PathBuf::from(&st.stdin));
+        (out, stdin)
+    }
+
+    fn open_log(&self, rec: &Record) -> Result<Arc<Mutex<JsonLog>>> {
+        let limits = container_log_limits(&rec.host_config).unwrap_or_default();
+        Ok(Arc::new(Mutex::new(JsonLog::open(
+            Path::new(&rec.log_path),
+            limits,
+        )?)))
+    }
+
+    /// Starts the stdio copier threads (`reattach`: the FIFOs already have
+    /// writers, open them without waiting).
+    fn spawn_copiers(
+        &self,
+        entry: &Arc<Entry>,
+        fifos: &[(u8, PathBuf)],
+        log: Arc<Mutex<JsonLog>>,
+        reattach: bool,
+    ) {
+        entry.io_running.send_replace(true);
+        let mut handles = Vec::new();
+        for (sid, p) in fifos.iter().cloned() {
+            let log = log.clone();
+            let tx = entry.streams.clone();
+            let stop = self.stop_copiers.clone();
+            handles.push(tokio::task::spawn_blocking(move || {
+                copy_stream(&p, sid, &log, &tx, &stop, reattach)
+            }));
+        }
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            for h in handles {
+                let _ = h.await;
+            }
+            let _ = entry.streams.send(StreamMsg::End);
+            entry.io_running.send_replace(false);
+        });
+    }
+
+    /// Reopens the stdio FIFOs of a task that kept running while orcad was
+    /// down: output continues into the json-file log and to attach clients,
+    /// stdin accepts writers again.
+    fn reattach_io(&self, entry: &Arc<Entry>) {
+        let rec = entry.record();
+        let (fifos, stdin) = self.stdio_fifos(&rec);
+        match self.open_log(&rec) {
+            Ok(log) => self.spawn_copiers(entry, &fifos, log, true),
+            Err(e) => warn!(id = %rec.id, "cannot reopen the container log: {e}"),
+        }
+        if let Some(p) = stdin {
+            // The shim holds the read side: a non-blocking open succeeds.
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&p)
+            {
+                Ok(f) => {
+                    set_blocking(&f);
+                    entry.stdin.open(f, &self.ctrd, &rec.id, "");
+                }
+                Err(e) => debug!(id = %rec.id, "stdin fifo not reopened: {e}"),
+            }
+        }
+    }
+
+    /// Copies what the FIFOs of an exited task still buffer into the log.
+    fn drain_io(&self, entry: &Arc<Entry>) {
+        let rec = entry.record();
+        let (fifos, _) = self.stdio_fifos(&rec);
+        let Ok(log) = self.open_log(&rec) else {
+            return;
+        };
+        for (sid, p) in fifos {
+            let Ok(mut f) = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&p)
+            else {
+                continue;
+            };
+            let name = if sid == 2 { "stderr" } else { "stdout" };
+            let mut data = Vec::new();
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => data.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            for line in data.split_inclusive(|&b| b == b'\n') {
+                write_log_line(&log, name, line);
             }
         }
     }
@@ -774,6 +1185,23 @@ impl Containers {
             .top_chain_id()
             .ok_or_else(|| EngineError::internal(format!("image {} has no layers", img.name)))?
             .to_string();
+        let networks = self.networks_of(&hc, &body["NetworkingConfig"])?;
+        // dockerd's mergeAndVerifyLogConfig: the daemon's log-opts fill in
+        // what the container does not set.
+        let mut hc = hc;
+        if hc["LogConfig"].is_null() || hc["LogConfig"]["Type"].as_str().unwrap_or("").is_empty() {
+            let cfg = hc["LogConfig"]["Config"].clone();
+            hc["LogConfig"] = json!({"Type": "json-file", "Config": if cfg.is_object() { cfg } else { json!({}) }});
+        }
+        if !hc["LogConfig"]["Config"].is_object() {
+            hc["LogConfig"]["Config"] = json!({});
+        }
+        for (k, v) in &self.cfg.log_opts {
+            if hc["LogConfig"]["Config"].get(k).is_none() {
+                hc["LogConfig"]["Config"][k] = json!(v);
+            }
+        }
+        container_log_limits(&hc)?;
 
         let id = util::random_hex(32);
         if config.hostname.is_empty() {
@@ -807,6 +1235,10 @@ impl Containers {
             hostname_path: dir.join("hostname").display().to_string(),
             hosts_path: dir.join("hosts").display().to_string(),
             resolv_conf_path: dir.join("resolv.conf").display().to_string(),
+            restart_count: 0,
+            has_been_manually_stopped: false,
+            stdio: None,
+            networks,
         };
 
         // Resources, mounts and security options are checked now (a bad
@@ -841,6 +1273,7 @@ impl Containers {
         match self.create_resources(&entry, &top).await {
             Ok(()) => {
                 info!(id, name = %entry.record().name, "created container");
+                self.events.container("create", &entry.record(), &[]);
                 Ok(id)
             }
             Err(e) => {
@@ -853,6 +1286,55 @@ impl Containers {
                 Err(e)
             }
         }
+    }
+
+    /// The user-defined networks a new container joins: its NetworkMode
+    /// (when not default/bridge/none) and the NetworkingConfig endpoints.
+    fn networks_of(&self, hc: &Value, nc: &Value) -> Result<BTreeMap<String, Endpoint>> {
+        let mut out = BTreeMap::new();
+        let mut join = |name: &str, ep: &Value| -> Result<()> {
+            if ["", "default", "bridge", "none"].contains(&name) {
+                return Ok(());
+            }
+            let net = self.networks.lookup(name)?;
+            let nonempty = |v: &Value| match v {
+                Value::Null => false,
+                Value::Object(o) => o.values().any(|x| !x.is_null() && x != "" && x != &json!([])),
+                Value::Array(a) => !a.is_empty(),
+                Value::String(s) => !s.is_empty(),
+                _ => true,
+            };
+            if nonempty(&ep["IPAMConfig"]) || nonempty(&ep["IPAddress"]) || nonempty(&ep["MacAddress"]) {
+                return Err(EngineError::NotImplemented(
+                    "static addresses on networks are not implemented in orcad yet (networks are records only)"
+                        .into(),
+                ));
+            }
+            if nonempty(&ep["Links"]) {
+                return Err(EngineError::NotImplemented(
+                    "links are not implemented in orcad yet".into(),
+                ));
+            }
+            let aliases: Vec<String> =
+                serde_json::from_value(ep["Aliases"].clone()).unwrap_or_default();
+            let e = out.entry(net.name.clone()).or_insert_with(|| Endpoint {
+                network_id: net.id.clone(),
+                aliases: Vec::new(),
+            });
+            for a in aliases {
+                if !e.aliases.contains(&a) {
+                    e.aliases.push(a);
+                }
+            }
+            Ok(())
+        };
+        join(hc["NetworkMode"].as_str().unwrap_or(""), &Value::Null)?;
+        if let Some(eps) = nc["EndpointsConfig"].as_object() {
+            for (name, ep) in eps {
+                join(name, ep)?;
+            }
+        }
+        Ok(out)
     }
 
     async fn create_resources(&self, entry: &Arc<Entry>, top_chain: &str) -> Result<()> {
@@ -939,6 +1421,17 @@ impl Containers {
         env.dedup();
         let mut args = vec![rec.path.clone()];
         args.extend(rec.args.iter().cloned());
+        // The daemon's default-ulimits for the names the container leaves out.
+        let mut host = rec.host_config.clone();
+        if !self.cfg.default_ulimits.is_empty() {
+            let mut ul: Vec<Value> = host["Ulimits"].as_array().cloned().unwrap_or_default();
+            for d in &self.cfg.default_ulimits {
+                if !ul.iter().any(|u| u["Name"] == d["Name"]) {
+                    ul.push(d.clone());
+                }
+            }
+            host["Ulimits"] = Value::Array(ul);
+        }
         spec::build(&spec::SpecInput {
             id: &rec.id,
             args,
@@ -955,7 +1448,7 @@ impl Containers {
             hosts_path: &rec.hosts_path,
             resolv_conf_path: &rec.resolv_conf_path,
             cgroup_parent: &self.cfg.cgroup_parent,
-            host: &rec.host_config,
+            host: &host,
         })
     }
 
@@ -966,6 +1459,20 @@ impl Containers {
         let entry = self.lookup(key)?;
         let res = {
             let _op = entry.op.lock().await;
+            if !entry.record().state.running {
+                // A manual start resets the restart manager (dockerd's
+                // ResetRestartManager(true)).
+                {
+                    let mut rs = entry.restart_state();
+                    rs.timeout = Duration::ZERO;
+                    rs.cancelled = false;
+                    rs.generation += 1;
+                }
+                entry.with_rec(|r| {
+                    r.restart_count = 0;
+                    r.has_been_manually_stopped = false;
+                });
+            }
             self.start_locked(&entry).await
         };
         if let Err(e) = &res {
@@ -990,6 +1497,11 @@ impl Containers {
             )));
         }
         let id = rec.id.clone();
+        for (name, ep) in &rec.networks {
+            if self.networks.lookup(&ep.network_id).is_err() {
+                return Err(EngineError::NotFound(format!("network {name} not found")));
+            }
+        }
         // A leftover task from a previous run.
         let _ = self
             .ctrd
@@ -1029,31 +1541,8 @@ impl Containers {
         } else {
             None
         };
-        let log = Arc::new(Mutex::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&rec.log_path)?,
-        ));
-        entry.io_running.send_replace(true);
-        let mut handles = Vec::new();
-        for (sid, p) in fifos.clone() {
-            let log = log.clone();
-            let tx = entry.streams.clone();
-            handles.push(tokio::task::spawn_blocking(move || {
-                copy_stream(&p, sid, &log, &tx)
-            }));
-        }
-        {
-            let entry = entry.clone();
-            tokio::spawn(async move {
-                for h in handles {
-                    let _ = h.await;
-                }
-                let _ = entry.streams.send(StreamMsg::End);
-                entry.io_running.send_replace(false);
-            });
-        }
+        let log = self.open_log(&rec)?;
+        self.spawn_copiers(entry, &fifos, log, false);
         let unblock = |fifos: &[(u8, PathBuf)]| {
             for (_, p) in fifos {
                 // Opening the write side releases a reader blocked in open;
@@ -1071,19 +1560,24 @@ impl Containers {
                 .map(|(_, p)| p.display().to_string())
                 .unwrap_or_default()
         };
+        let stdio = StdioPaths {
+            stdin: if stdin_rdwr.is_some() {
+                stdin_path.display().to_string()
+            } else {
+                String::new()
+            },
+            stdout: path_of(1),
+            stderr: path_of(2),
+        };
         let created = self
             .ctrd
             .tasks()
             .create(self.ctrd.req(tasks::CreateTaskRequest {
                 container_id: id.clone(),
                 rootfs: mounts,
-                stdin: if stdin_rdwr.is_some() {
-                    stdin_path.display().to_string()
-                } else {
-                    String::new()
-                },
-                stdout: path_of(1),
-                stderr: path_of(2),
+                stdin: stdio.stdin.clone(),
+                stdout: stdio.stdout.clone(),
+                stderr: stdio.stderr.clone(),
                 terminal: tty,
                 ..Default::default()
             }))
@@ -1122,15 +1616,23 @@ impl Containers {
         entry.with_rec(|r| {
             r.state.status = "running".into();
             r.state.running = true;
+            r.state.restarting = false;
             r.state.paused = false;
             r.state.pid = pid;
             r.state.exit_code = 0;
             r.state.error = String::new();
             r.state.started_at = util::now();
             r.state.finished_at = util::ZERO_TIME.into();
+            r.stdio = Some(stdio);
         });
         self.save(&entry.record())?;
         info!(id, pid, "started container");
+        let rec = entry.record();
+        for (name, ep) in &rec.networks {
+            self.events
+                .network("connect", &ep.network_id, name, &[("container", id.clone())]);
+        }
+        self.events.container("start", &rec, &[]);
         let me = self.clone();
         let e2 = entry.clone();
         tokio::spawn(async move { me.monitor(e2).await });
@@ -1170,8 +1672,8 @@ impl Containers {
         }
     }
 
-    /// Waits for the task to exit, records it, cleans the task up and
-    /// honours AutoRemove.
+    /// Waits for the task to exit, records it, cleans the task up, then
+    /// restarts it per its restart policy or honours AutoRemove.
     async fn monitor(self: Arc<Self>, entry: Arc<Entry>) {
         let id = entry.record().id;
         let res = self
@@ -1191,6 +1693,11 @@ impl Containers {
                 )
             }
             Err(s) => {
+                if self.shutting_down.load(Ordering::SeqCst) {
+                    // orcad is going away (live-restore): the next one
+                    // picks the task up again.
+                    return;
+                }
                 warn!(id, "waiting for the task failed: {s}");
                 (255, chrono::Utc::now())
             }
@@ -1211,28 +1718,148 @@ impl Containers {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), io.wait_for(|r| !*r)).await;
+        let rec = entry.record();
+        let started = chrono::DateTime::parse_from_rfc3339(&rec.state.started_at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or(at);
+        let ran_for = (at - started).to_std().unwrap_or_default();
+        // Decided and recorded under the restart lock, so that an API stop
+        // either cancels the restart or finds the container restarting.
+        let (delay, generation) = {
+        let mut rs = entry.restart_state();
+        let delay = if self.shutting_down.load(Ordering::SeqCst) {
+            None
+        } else {
+            should_restart(&mut rs, &rec, code, ran_for)
+        };
+        let generation = rs.generation;
         entry.with_rec(|r| {
-            r.state.running = false;
             r.state.paused = false;
-            r.state.status = "exited".into();
             r.state.pid = 0;
             r.state.exit_code = code;
             r.state.finished_at = util::rfc3339(at);
+            r.stdio = None;
+            if delay.is_some() {
+                // dockerd's SetRestarting: still "running" for stop/rm/…
+                r.state.running = true;
+                r.state.restarting = true;
+                r.state.status = "restarting".into();
+                r.restart_count += 1;
+            } else {
+                r.state.running = false;
+                r.state.restarting = false;
+                r.state.status = "exited".into();
+            }
         });
+        (delay, generation)
+        };
         self.forget_execs(&id);
         if let Err(e) = self.save(&entry.record()) {
             warn!(id, "cannot save the container record: {e}");
+        }
+        info!(id, code, "container exited");
+        let rec = entry.record();
+        // "die" before waiters (stop) hear of the exit: dockerd's order.
+        self.events.container(
+            "die",
+            &rec,
+            &[
+                ("exitCode", code.to_string()),
+                ("execDuration", ran_for.as_secs().to_string()),
+            ],
+        );
+        for (name, ep) in &rec.networks {
+            self.events
+                .network("disconnect", &ep.network_id, name, &[("container", id.clone())]);
         }
         entry.events.send_modify(|e| {
             e.exits += 1;
             e.exit_code = code;
         });
-        info!(id, code, "container exited");
+        if let Some(delay) = delay {
+            info!(id, ?delay, count = rec.restart_count, "restarting container (restart policy)");
+            tokio::spawn(async move { self.delayed_restart(entry, delay, generation).await });
+            return;
+        }
         if entry.record().auto_remove {
             if let Err(e) = self.remove_entry(&entry).await {
                 warn!(id, "auto-remove failed: {e}");
             }
         }
+    }
+
+    /// Starts a restarting container after its backoff delay, unless a
+    /// stop/kill/rm/start came in between.
+    fn delayed_restart(
+        self: Arc<Self>,
+        entry: Arc<Entry>,
+        delay: Duration,
+        generation: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { self.delayed_restart_inner(entry, delay, generation).await })
+    }
+
+    async fn delayed_restart_inner(self: Arc<Self>, entry: Arc<Entry>, delay: Duration, generation: u64) {
+        tokio::time::sleep(delay).await;
+        let _op = entry.op.lock().await;
+        let id = entry.record().id;
+        {
+            let rs = entry.restart_state();
+            if rs.cancelled || rs.generation != generation {
+                entry.with_rec(|r| {
+                    if r.state.restarting {
+                        r.state.restarting = false;
+                        r.state.running = false;
+                        r.state.status = "exited".into();
+                    }
+                });
+                return;
+            }
+        }
+        if entry.events.borrow().removed
+            || !entry.record().state.restarting
+            || self.shutting_down.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        entry.with_rec(|r| {
+            r.state.running = false;
+            r.state.restarting = false;
+        });
+        if let Err(e) = self.start_locked(&entry).await {
+            warn!(id, "restart failed: {e}");
+            entry.with_rec(|r| {
+                r.state.status = "exited".into();
+                r.state.running = false;
+            });
+            let _ = self.save(&entry.record());
+        }
+    }
+
+    /// Marks a stop/kill through the API: no more restarts for this run
+    /// (`cancel`, dockerd's ExitOnNext), `unless-stopped` stays down. A
+    /// container waiting to be restarted is set to exited at once; returns
+    /// whether it was.
+    fn manual_stop(&self, entry: &Arc<Entry>, cancel: bool) -> bool {
+        let mut rs = entry.restart_state();
+        if cancel {
+            rs.cancelled = true;
+            rs.generation += 1;
+        }
+        let was_restarting = entry.with_rec(|r| {
+            r.has_been_manually_stopped = true;
+            if cancel && r.state.restarting {
+                r.state.restarting = false;
+                r.state.running = false;
+                r.state.status = "exited".into();
+                true
+            } else {
+                false
+            }
+        });
+        drop(rs);
+        let _ = self.save(&entry.record());
+        was_restarting
     }
 
     /// POST /containers/{id}/wait: resolves the container now, returns a
@@ -1282,7 +1909,13 @@ impl Containers {
             }))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Ok(e) = self.lookup(id) {
+                    self.events
+                        .container("kill", &e.record(), &[("signal", signal.to_string())]);
+                }
+                Ok(())
+            }
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
             Err(s) => Err(EngineError::grpc("kill", s)),
         };
@@ -1300,6 +1933,20 @@ impl Containers {
     /// POST /containers/{id}/stop.
     pub async fn stop(&self, key: &str, timeout: Option<i64>, signal: Option<&str>) -> Result<()> {
         let entry = self.lookup(key)?;
+        self.stop_inner(&entry, timeout, signal, true).await
+    }
+
+    /// Stops a container; `manual` (an API stop) cancels its restarts.
+    pub(crate) async fn stop_inner(
+        &self,
+        entry: &Arc<Entry>,
+        timeout: Option<i64>,
+        signal: Option<&str>,
+        manual: bool,
+    ) -> Result<()> {
+        // Checked and signalled under the op lock: a pending restart is
+        // either cancelled before it starts or signalled after.
+        let op = entry.op.lock().await;
         let rec = entry.record();
         if !rec.state.running {
             return Err(EngineError::NotModified);
@@ -1311,20 +1958,33 @@ impl Containers {
             Some(s) => parse_signal(s)?,
             None => libc::SIGTERM,
         };
+        if manual && self.manual_stop(entry, true) {
+            // It was waiting to be restarted: nothing runs.
+            self.events.container("stop", &entry.record(), &[]);
+            return Ok(());
+        }
         let t = timeout.or(rec.config.stop_timeout).unwrap_or(10);
         let since = entry.events.borrow().exits;
+        if !entry.record().state.running {
+            // It exited since the check above.
+            self.events.container("stop", &entry.record(), &[]);
+            return Ok(());
+        }
         self.kill_task(&rec.id, sig, false).await?;
+        drop(op);
         let limit = if t < 0 {
             None
         } else {
             Some(Duration::from_secs(t as u64))
         };
         if entry.wait_exit(since, limit).await {
+            self.events.container("stop", &entry.record(), &[]);
             return Ok(());
         }
         info!(id = %rec.id, "container did not stop within {t}s; killing it");
         self.kill_task(&rec.id, libc::SIGKILL, true).await?;
         if entry.wait_exit(since, Some(Duration::from_secs(30))).await {
+            self.events.container("stop", &entry.record(), &[]);
             Ok(())
         } else {
             Err(EngineError::internal(format!(
@@ -1337,6 +1997,7 @@ impl Containers {
     /// POST /containers/{id}/kill.
     pub async fn kill(&self, key: &str, signal: Option<&str>) -> Result<()> {
         let entry = self.lookup(key)?;
+        let _op = entry.op.lock().await;
         let rec = entry.record();
         let sig = match signal.filter(|s| !s.is_empty()) {
             Some(s) => parse_signal(s)?,
@@ -1347,6 +2008,15 @@ impl Containers {
                 "Cannot kill container: {key}: Container {} is not running",
                 rec.id
             )));
+        }
+        // dockerd: killing with the stop signal (or SIGKILL, or any signal
+        // when no stop signal is configured) cancels restarts.
+        let cancel = match rec.config.stop_signal.as_deref() {
+            None => true,
+            Some(s) => sig == libc::SIGKILL || parse_signal(s).ok() == Some(sig),
+        };
+        if self.manual_stop(&entry, cancel) {
+            return Ok(());
         }
         self.kill_task(&rec.id, sig, sig == libc::SIGKILL).await
     }
@@ -1362,13 +2032,17 @@ impl Containers {
                     rec.name
                 )));
             }
-            let since = entry.events.borrow().exits;
-            self.kill_task(&rec.id, libc::SIGKILL, true).await?;
-            if !entry.wait_exit(since, Some(Duration::from_secs(30))).await {
-                return Err(EngineError::internal(format!(
-                    "container {} did not exit after SIGKILL",
-                    rec.id
-                )));
+            let op = entry.op.lock().await;
+            if !self.manual_stop(&entry, true) && entry.record().state.running {
+                let since = entry.events.borrow().exits;
+                self.kill_task(&rec.id, libc::SIGKILL, true).await?;
+                drop(op);
+                if !entry.wait_exit(since, Some(Duration::from_secs(30))).await {
+                    return Err(EngineError::internal(format!(
+                        "container {} did not exit after SIGKILL",
+                        rec.id
+                    )));
+                }
             }
         }
         self.remove_entry(&entry).await
@@ -1389,6 +2063,7 @@ impl Containers {
         let _ = entry.streams.send(StreamMsg::End);
         entry.events.send_modify(|e| e.removed = true);
         info!(id, "removed container");
+        self.events.container("destroy", &entry.record(), &[]);
         Ok(())
     }
 
@@ -1439,6 +2114,7 @@ impl Containers {
         let rec = entry.record();
         let live =
             rec.state.running || (rec.state.status == "created" || rec.state.status == "exited");
+        self.events.container("attach", &rec, &[]);
         Ok(Attached {
             tty: rec.config.tty,
             rx: live.then_some(rx),
@@ -1476,7 +2152,7 @@ impl Containers {
             "HostsPath": rec.hosts_path,
             "LogPath": rec.log_path,
             "Name": rec.name,
-            "RestartCount": 0,
+            "RestartCount": rec.restart_count,
             "Driver": self.cfg.snapshotter,
             "Platform": "linux",
             "MountLabel": "",
@@ -1493,7 +2169,7 @@ impl Containers {
                 "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null,
                 "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
                 "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
-                "Networks": {}
+                "Networks": networks_json(&rec)
             },
         }))
     }
@@ -1537,7 +2213,14 @@ impl Containers {
             if !all && !has_status_filter && !r.state.running {
                 continue;
             }
-            let ok = filters.iter().all(|(k, vals)| {
+            let label_ok = filters.get("label").is_none_or(|vals| {
+                vals.iter().all(|v| match v.split_once('=') {
+                    Some((lk, lv)) => r.config.labels.get(lk).is_some_and(|x| x == lv),
+                    None => r.config.labels.contains_key(v.as_str()),
+                })
+            });
+            let ok = label_ok
+                && filters.iter().filter(|(k, _)| k.as_str() != "label").all(|(k, vals)| {
                 vals.iter().any(|v| match k.as_str() {
                     "id" => r.id.starts_with(v.as_str()),
                     "name" => r
@@ -1573,6 +2256,11 @@ impl Containers {
                 ),
                 "created" => "Created".into(),
                 "removing" => "Removal In Progress".into(),
+                "restarting" => format!(
+                    "Restarting ({}) {} ago",
+                    r.state.exit_code,
+                    util::human_duration(now - ts(&r.state.finished_at))
+                ),
                 other => other.to_string(),
             };
             let mut cmd = vec![r.path.clone()];
@@ -1589,7 +2277,7 @@ impl Containers {
                 "State": r.state.status,
                 "Status": status,
                 "HostConfig": {"NetworkMode": r.host_config["NetworkMode"].as_str().unwrap_or("default")},
-                "NetworkSettings": {"Networks": {}},
+                "NetworkSettings": {"Networks": networks_json(&r)},
                 "Mounts": [],
             }));
             if let Some(limit) = q.get("limit").and_then(|l| l.parse::<i64>().ok()) {
@@ -1600,6 +2288,31 @@ impl Containers {
         }
         Ok(Value::Array(out))
     }
+}
+
+/// `NetworkSettings.Networks`: the user-defined networks joined, without
+/// addresses (records only: no connectivity is set up).
+fn networks_json(rec: &Record) -> Value {
+    let short = &rec.id[..12.min(rec.id.len())];
+    let mut m = serde_json::Map::new();
+    for (name, ep) in &rec.networks {
+        let mut aliases = ep.aliases.clone();
+        if !aliases.iter().any(|a| a == short) {
+            aliases.push(short.to_string());
+        }
+        let mut dns = vec![rec.name.trim_start_matches('/').to_string()];
+        dns.extend(aliases.iter().cloned());
+        m.insert(
+            name.clone(),
+            json!({
+                "IPAMConfig": null, "Links": null, "Aliases": aliases, "MacAddress": "",
+                "DriverOpts": null, "NetworkID": ep.network_id, "EndpointID": "",
+                "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
+                "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": dns,
+            }),
+        );
+    }
+    Value::Object(m)
 }
 
 /// Docker's `Mounts` of inspect: binds and tmpfs mounts asked for.
@@ -1636,27 +2349,72 @@ fn mounts_json(hc: &Value) -> Value {
     )
 }
 
+/// Clears O_NONBLOCK on a descriptor.
+pub(crate) fn set_blocking(f: &File) {
+    if let Ok(fl) = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL) {
+        let fl = nix::fcntl::OFlag::from_bits_truncate(fl) & !nix::fcntl::OFlag::O_NONBLOCK;
+        let _ = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl));
+    }
+}
+
+fn set_nonblocking(f: &File) {
+    if let Ok(fl) = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL) {
+        let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+        let _ = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl));
+    }
+}
+
 /// Reads one stdio FIFO until EOF: json-file log lines plus fan-out.
+///
+/// A fresh task's FIFO is opened blocking (until the shim opens its write
+/// side); a `reattach`ed one without waiting. Reads are non-blocking after
+/// a 100 ms poll, so EOF (no writer left) is seen in every case, and `stop`
+/// (live-restore shutdown) ends the copy at a line boundary, leaving the
+/// rest in the FIFO for the next orcad.
 pub(crate) fn copy_stream(
     path: &Path,
     sid: u8,
-    log: &Mutex<File>,
+    log: &Mutex<JsonLog>,
     tx: &broadcast::Sender<StreamMsg>,
+    stop: &AtomicBool,
+    reattach: bool,
 ) {
-    let mut f = match File::open(path) {
+    let opened = if reattach {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    } else {
+        File::open(path)
+    };
+    let mut f = match opened {
         Ok(f) => f,
         Err(e) => {
             warn!(path = %path.display(), "cannot open stdio fifo: {e}");
             return;
         }
     };
+    set_nonblocking(&f);
     let name = if sid == 2 { "stderr" } else { "stdout" };
     let mut buf = vec![0u8; 32 * 1024];
     let mut pending: Vec<u8> = Vec::new();
+    let mut stop_deadline: Option<std::time::Instant> = None;
     loop {
+        if stop.load(Ordering::Relaxed) {
+            let d = *stop_deadline
+                .get_or_insert_with(|| std::time::Instant::now() + Duration::from_secs(1));
+            if pending.is_empty() || std::time::Instant::now() > d {
+                break;
+            }
+        }
+        {
+            let mut fds = [nix::poll::PollFd::new(f.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+        }
         let n = match f.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 warn!(path = %path.display(), "reading stdio fifo: {e}");
@@ -1679,7 +2437,90 @@ pub(crate) fn copy_stream(
     }
 }
 
-fn write_log_line(log: &Mutex<File>, stream: &str, data: &[u8]) {
+/// A container's json-file log with dockerd's rotation: when the file has
+/// reached `max-size`, `<log>.N-1` → `<log>.N`, …, `<log>` → `<log>.1`
+/// and a new file starts (`max-file` files in all); with `max-file` 1 the
+/// file is truncated instead.
+pub(crate) struct JsonLog {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    limits: LogLimits,
+}
+
+impl JsonLog {
+    /// Opens (creates) the log for appending.
+    pub(crate) fn open(path: &Path, limits: LogLimits) -> std::io::Result<JsonLog> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(JsonLog {
+            path: path.to_path_buf(),
+            file,
+            size,
+            limits,
+        })
+    }
+
+    fn rotated(path: &Path, n: u32) -> PathBuf {
+        let mut s = path.as_os_str().to_owned();
+        s.push(format!(".{n}"));
+        PathBuf::from(s)
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if self.limits.max_file <= 1 {
+            self.file.set_len(0)?;
+            self.size = 0;
+            return Ok(());
+        }
+        for i in (2..self.limits.max_file).rev() {
+            match fs::rename(Self::rotated(&self.path, i - 1), Self::rotated(&self.path, i)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        fs::rename(&self.path, Self::rotated(&self.path, 1))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+
+    /// Appends one encoded entry, rotating first when the file is full.
+    pub(crate) fn write_entry(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if let Some(max) = self.limits.max_size {
+            if self.size >= max {
+                self.rotate()?;
+            }
+        }
+        self.file.write_all(data)?;
+        self.size += data.len() as u64;
+        Ok(())
+    }
+}
+
+/// The files of a json-file log, oldest first (`<log>.N` … `<log>.1`,
+/// `<log>`), whatever max-file was when they were written.
+pub(crate) fn log_files(path: &Path) -> Vec<PathBuf> {
+    let mut rotated = Vec::new();
+    let mut n = 1;
+    loop {
+        let p = JsonLog::rotated(path, n);
+        if !p.exists() {
+            break;
+        }
+        rotated.push(p);
+        n += 1;
+    }
+    rotated.reverse();
+    rotated.push(path.to_path_buf());
+    rotated
+}
+
+pub(crate) fn write_log_line(log: &Mutex<JsonLog>, stream: &str, data: &[u8]) {
     let line = json!({
         "log": String::from_utf8_lossy(data),
         "stream": stream,
@@ -1688,7 +2529,7 @@ fn write_log_line(log: &Mutex<File>, stream: &str, data: &[u8]) {
     let mut s = line.to_string();
     s.push('\n');
     let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(e) = f.write_all(s.as_bytes()) {
+    if let Err(e) = f.write_entry(s.as_bytes()) {
         warn!("cannot write container log: {e}");
     }
 }
@@ -1708,6 +2549,22 @@ struct LogLine {
     log: String,
     stream: String,
     time: String,
+}
+
+/// Complete lines of `data` as log entries; returns the bytes consumed.
+fn parse_lines(data: &[u8], out: &mut Vec<LogLine>) -> usize {
+    let complete = data
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|p| p + 1)
+        .unwrap_or(0);
+    out.extend(
+        data[..complete]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_slice::<LogLine>(l).ok()),
+    );
+    complete
 }
 
 async fn stream_logs(
@@ -1733,23 +2590,23 @@ async fn stream_logs(
             frame(sid, payload.as_bytes())
         })
     };
-    let mut f = match File::open(&rec.log_path) {
+    let log_path = PathBuf::from(&rec.log_path);
+    // The current file is opened first: a rotation while the older files
+    // are read is then noticed below (its inode changes).
+    let mut f = match File::open(&log_path) {
         Ok(f) => f,
         Err(_) => return Ok(()),
     };
+    let mut lines: Vec<LogLine> = Vec::new();
+    let files = log_files(&log_path);
+    for p in &files[..files.len() - 1] {
+        if let Ok(data) = fs::read(p) {
+            parse_lines(&data, &mut lines);
+        }
+    }
     let mut data = Vec::new();
     f.read_to_end(&mut data).map_err(|e| e.to_string())?;
-    let complete = data
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map(|p| p + 1)
-        .unwrap_or(0);
-    let mut offset = complete as u64;
-    let lines: Vec<LogLine> = data[..complete]
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| serde_json::from_slice(l).ok())
-        .collect();
+    let mut offset = parse_lines(&data, &mut lines) as u64;
     let skip = match opts.tail {
         Some(n) => lines.len().saturating_sub(n),
         None => 0,
@@ -1769,25 +2626,40 @@ async fn stream_logs(
             let removed = events.borrow().removed;
             removed || (!st.running && !*entry.io_running.borrow())
         };
-        // Read what was appended.
-        f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
-        let mut more = Vec::new();
-        f.read_to_end(&mut more).map_err(|e| e.to_string())?;
-        let complete = more
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map(|p| p + 1)
-            .unwrap_or(0);
-        offset += complete as u64;
-        for l in more[..complete]
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-        {
-            if let Ok(l) = serde_json::from_slice::<LogLine>(l) {
-                if let Some(b) = encode(&l) {
+        // Read what was appended; after a rotation finish the old file,
+        // then continue with the new one from its start.
+        let mut round = 0;
+        loop {
+            f.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
+            let mut more = Vec::new();
+            f.read_to_end(&mut more).map_err(|e| e.to_string())?;
+            let mut new_lines = Vec::new();
+            offset += parse_lines(&more, &mut new_lines) as u64;
+            for l in &new_lines {
+                if let Some(b) = encode(l) {
                     tx.send(b).await.map_err(|_| "client gone")?;
                 }
             }
+            let cur = fs::metadata(&log_path).ok();
+            let mine = f.metadata().map_err(|e| e.to_string())?;
+            match cur {
+                Some(m) if m.ino() != mine.ino() && round < 8 => {
+                    // Rotated: anything left in the old file was read above.
+                    match File::open(&log_path) {
+                        Ok(nf) => {
+                            f = nf;
+                            offset = 0;
+                            round += 1;
+                            continue;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // Truncated (max-file 1).
+                Some(m) if m.ino() == mine.ino() && m.len() < offset => offset = 0,
+                _ => {}
+            }
+            break;
         }
         if finished {
             return Ok(());

@@ -12,6 +12,9 @@ pub enum EngineError {
     /// 409: name in use, container running, …
     #[error("{0}")]
     Conflict(String),
+    /// 403: an operation on a predefined or in-use object.
+    #[error("{0}")]
+    Forbidden(String),
     /// 400: bad parameter or body.
     #[error("{0}")]
     BadRequest(String),
@@ -32,6 +35,7 @@ impl EngineError {
         match self {
             EngineError::NotFound(_) => StatusCode::NOT_FOUND,
             EngineError::Conflict(_) => StatusCode::CONFLICT,
+            EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
             EngineError::BadRequest(_) => StatusCode::BAD_REQUEST,
             EngineError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             EngineError::NotModified => StatusCode::NOT_MODIFIED,

@@ -163,6 +163,12 @@ impl Containers {
                 "exec config must be an object".into(),
             ));
         }
+        if rec.state.restarting {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is restarting, wait until the container is running",
+                rec.id
+            )));
+        }
         if !rec.state.running {
             return Err(EngineError::Conflict(format!(
                 "Container {} is not running",
@@ -237,11 +243,14 @@ impl Containers {
             state: Mutex::new(ExecState::default()),
             done: watch::channel(false).0,
         });
+        let action = format!("exec_create: {}", e.cfg.cmd.join(" "));
         self.execs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), e);
         debug!(exec = %id, container = %rec.id, "created exec");
+        self.events
+            .container(&action, &rec, &[("execID", id.clone())]);
         Ok(id)
     }
 
@@ -313,7 +322,7 @@ impl Containers {
         let e = self.exec_entry(id)?;
         let entry = self.lookup(&e.container_id)?;
         let rec = entry.record();
-        if !rec.state.running {
+        if !rec.state.running || rec.state.restarting {
             return Err(EngineError::Conflict(format!(
                 "Container {} is not running",
                 rec.id
@@ -495,7 +504,16 @@ impl Containers {
             }))
             .await;
         let pid = match started {
-            Ok(r) => r.into_inner().pid,
+            Ok(r) => {
+                if let Ok(c) = self.lookup(&cid) {
+                    self.events.container(
+                        &format!("exec_start: {}", e.cfg.cmd.join(" ")),
+                        &c.record(),
+                        &[("execID", e.id.clone())],
+                    );
+                }
+                r.into_inner().pid
+            }
             Err(s) => {
                 let _ = self
                     .ctrd

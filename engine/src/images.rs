@@ -25,6 +25,15 @@ const GC_CONTENT: &str = "containerd.io/gc.ref.content";
 const GC_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
 const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
 
+/// Name prefix of image records that keep an untagged ("dangling") image,
+/// as dockerd's containerd image store names them.
+pub const DANGLING_PREFIX: &str = "moby-dangling@";
+
+/// Whether an image record name is a dangling image's.
+pub fn is_dangling_name(name: &str) -> bool {
+    name.starts_with(DANGLING_PREFIX)
+}
+
 /// An image as found in containerd, with its manifest and config loaded.
 #[derive(Debug, Clone)]
 pub struct ResolvedImage {
@@ -446,7 +455,7 @@ impl ImageService {
         Ok(existed)
     }
 
-    async fn put_blob(
+    pub(crate) async fn put_blob(
         &self,
         digest: &str,
         bytes: Vec<u8>,
@@ -507,7 +516,7 @@ impl ImageService {
         w.commit().await
     }
 
-    async fn snapshot_exists(&self, key: &str) -> Result<bool> {
+    pub(crate) async fn snapshot_exists(&self, key: &str) -> Result<bool> {
         match self
             .ctrd
             .snapshots()
@@ -523,7 +532,7 @@ impl ImageService {
         }
     }
 
-    async fn apply_layer(
+    pub(crate) async fn apply_layer(
         &self,
         layer: &Descriptor,
         parent: &str,
@@ -605,7 +614,7 @@ impl ImageService {
         res
     }
 
-    async fn image_record(&self, name: &str) -> Result<Option<Image>> {
+    pub(crate) async fn image_record(&self, name: &str) -> Result<Option<Image>> {
         match self
             .ctrd
             .images()
@@ -757,6 +766,7 @@ impl ImageService {
                 .collect();
             let digests: Vec<String> = imgs
                 .iter()
+                .filter(|i| !is_dangling_name(&i.name))
                 .filter_map(|i| {
                     Reference::parse(&i.name)
                         .ok()
@@ -910,7 +920,9 @@ impl ImageService {
         for (i, r) in same.iter().enumerate() {
             // The last delete waits for containerd's garbage collection.
             self.delete_record(r, i + 1 == n).await?;
-            out.push(json!({"Untagged": familiar(r)}));
+            if !is_dangling_name(r) {
+                out.push(json!({"Untagged": familiar(r)}));
+            }
         }
         out.push(json!({"Deleted": img.config_digest}));
         info!(image = %img.config_digest, "deleted image");
@@ -998,9 +1010,14 @@ impl ImageService {
             .iter()
             .filter(|i| i.config_digest == img.config_digest)
             .collect();
-        let tags: Vec<String> = same.iter().map(|i| familiar(&i.name)).collect();
+        let tags: Vec<String> = same
+            .iter()
+            .filter(|i| !is_dangling_name(&i.name))
+            .map(|i| familiar(&i.name))
+            .collect();
         let digests: Vec<String> = same
             .iter()
+            .filter(|i| !is_dangling_name(&i.name))
             .filter_map(|i| {
                 Reference::parse(&i.name)
                     .ok()

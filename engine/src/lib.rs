@@ -5,30 +5,44 @@
 //! - [`api`]: version prefixes, router, handlers (hyper 1).
 //! - [`containerd`]: tonic client over the containerd socket, namespaced.
 //! - [`images`] / [`registry`] / [`reference`]: pull into containerd, list.
-//! - [`containers`]: container records, tasks, stdio, logs, wait.
+//! - [`containers`]: container records, tasks, stdio, logs, wait,
+//!   restart policies, live restore.
 //! - [`spec`]: Docker's default OCI spec.
+//! - [`events`]: `GET /events` (buffer, filters, since/until).
+//! - [`config`]: `daemon.json` + flags, json-file log options.
+//! - [`networks`]: user-defined networks as records (for compose).
+//! - [`supervisor`]: the orca-supervisor orcad starts without `--containerd`.
 
 pub mod api;
+pub mod config;
+pub mod archive;
 pub mod containerd;
 pub mod containers;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod images;
 pub mod info;
+pub mod networks;
 pub mod ops;
+pub mod prune;
 pub mod reference;
 pub mod registry;
 pub mod spec;
+pub mod supervisor;
 pub mod util;
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
-use tracing::{debug, info};
+use serde_json::Value;
+use tracing::{debug, info, warn};
 
 pub use error::{EngineError, Result};
 
@@ -43,6 +57,37 @@ pub struct EngineConfig {
     pub snapshotter: String,
     pub cgroup_parent: String,
     pub insecure_registries: Vec<String>,
+    /// `registry-mirrors`: accepted and reported by /info, not used yet.
+    pub registry_mirrors: Vec<String>,
+    /// Leave containers running when orcad stops.
+    pub live_restore: bool,
+    /// Seconds to wait for containers to stop at shutdown.
+    pub shutdown_timeout: i64,
+    /// Daemon-wide json-file log options.
+    pub log_opts: BTreeMap<String, String>,
+    /// Daemon-wide ulimits (HostConfig.Ulimits entries).
+    pub default_ulimits: Vec<Value>,
+}
+
+impl EngineConfig {
+    /// The defaults of the `orcad` flags for a containerd socket.
+    pub fn new(containerd_socket: PathBuf) -> EngineConfig {
+        EngineConfig {
+            containerd_socket,
+            namespace: "orca".into(),
+            data_root: "/var/lib/orca".into(),
+            exec_root: "/run/orca".into(),
+            runtime: "io.containerd.runc.v2".into(),
+            snapshotter: "overlayfs".into(),
+            cgroup_parent: "/orca".into(),
+            insecure_registries: Vec::new(),
+            registry_mirrors: Vec::new(),
+            live_restore: false,
+            shutdown_timeout: config::DEFAULT_SHUTDOWN_TIMEOUT,
+            log_opts: BTreeMap::new(),
+            default_ulimits: Vec::new(),
+        }
+    }
 }
 
 /// The engine: shared by every connection.
@@ -52,6 +97,8 @@ pub struct Engine {
     pub ctrd: containerd::Containerd,
     pub images: images::ImageService,
     pub containers: Arc<containers::Containers>,
+    pub events: Arc<events::EventBus>,
+    pub networks: Arc<networks::Networks>,
 }
 
 impl Engine {
@@ -81,6 +128,8 @@ impl Engine {
             registry::RegistryClient::new(cfg.insecure_registries.clone()),
             cfg.snapshotter.clone(),
         );
+        let events = Arc::new(events::EventBus::default());
+        let networks = networks::Networks::new(&cfg.data_root, events.clone())?;
         let containers = containers::Containers::new(
             containers::ContainersConfig {
                 data_root: cfg.data_root.clone(),
@@ -88,9 +137,13 @@ impl Engine {
                 runtime: cfg.runtime.clone(),
                 snapshotter: cfg.snapshotter.clone(),
                 cgroup_parent: cfg.cgroup_parent.clone(),
+                log_opts: cfg.log_opts.clone(),
+                default_ulimits: cfg.default_ulimits.clone(),
             },
             ctrd.clone(),
             images.clone(),
+            events.clone(),
+            networks.clone(),
         )
         .await?;
         Ok(Arc::new(Engine {
@@ -99,8 +152,44 @@ impl Engine {
             ctrd,
             images,
             containers,
+            events,
+            networks,
         }))
     }
+
+    /// Daemon shutdown: stops running containers (up to `shutdown-timeout`)
+    /// unless live-restore is set.
+    pub async fn shutdown(&self) {
+        self.containers
+            .shutdown(
+                self.cfg.live_restore,
+                Duration::from_secs(self.cfg.shutdown_timeout.max(0) as u64),
+            )
+            .await;
+    }
+}
+
+/// Binds the API socket like [`bind`], owned by root:`group` (mode 0660).
+/// A group that does not exist falls back to root's group, with a warning
+/// (dockerd's behaviour for its `docker` group).
+pub fn bind_with_group(path: &std::path::Path, group: &str) -> anyhow::Result<UnixListener> {
+    let l = bind(path)?;
+    let gid = match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Some(g.gid),
+        Ok(None) => {
+            warn!(group, "group not found: the API socket stays root:root (mode 0660)");
+            None
+        }
+        Err(e) => {
+            warn!(group, "cannot look up the socket group: {e}");
+            None
+        }
+    };
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| anyhow::anyhow!("chown {} to root:{group}: {e}", path.display()))?;
+    }
+    Ok(l)
 }
 
 /// Binds the API socket (replacing a stale one), mode 0660.

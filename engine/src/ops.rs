@@ -67,7 +67,15 @@ impl Containers {
                 rec.id
             )));
         }
-        self.set_paused(&entry, true).await
+        if rec.state.restarting {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is restarting, wait until the container is running",
+                rec.id
+            )));
+        }
+        self.set_paused(&entry, true).await?;
+        self.events.container("pause", &entry.record(), &[]);
+        Ok(())
     }
 
     /// POST /containers/{id}/unpause.
@@ -81,7 +89,9 @@ impl Containers {
                 rec.id
             )));
         }
-        self.set_paused(&entry, false).await
+        self.set_paused(&entry, false).await?;
+        self.events.container("unpause", &entry.record(), &[]);
+        Ok(())
     }
 
     /// POST /containers/{id}/restart: stop (if running), then start.
@@ -106,7 +116,10 @@ impl Containers {
             )));
         }
         match self.start(&id).await {
-            Ok(()) | Err(EngineError::NotModified) => Ok(()),
+            Ok(()) | Err(EngineError::NotModified) => {
+                self.events.container("restart", &entry.record(), &[]);
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -143,6 +156,11 @@ impl Containers {
         }
         entry.with_rec(|r| r.name = new_name.clone());
         self.save(&entry.record())?;
+        self.events.container(
+            "rename",
+            &entry.record(),
+            &[("oldName", rec.name.clone())],
+        );
         info!(id = %rec.id, from = %rec.name, to = %new_name, "renamed container");
         Ok(())
     }
