@@ -197,7 +197,12 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
                         q.get("tag").unwrap_or(""),
                     )
                     .await?;
-                crate::events::image_tagged(&engine, q.get("repo").unwrap_or(""), q.get("tag").unwrap_or("")).await;
+                crate::events::image_tagged(
+                    &engine,
+                    q.get("repo").unwrap_or(""),
+                    q.get("tag").unwrap_or(""),
+                )
+                .await;
                 let mut r = Response::new(empty());
                 *r.status_mut() = StatusCode::CREATED;
                 return Ok(r);
@@ -449,15 +454,27 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
         }
         (&Method::GET, ["events"]) => {
             let mut r = Response::new(stream(engine.events.serve(&q)?));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             Ok(r)
         }
-        (&Method::GET, ["networks"]) => Ok(json_response(StatusCode::OK, &crate::networks::list_json(&engine, &q)?)),
+        (&Method::GET, ["networks"]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::networks::list_json(&engine, &q)?,
+        )),
         (&Method::POST, ["networks", "create"]) => {
             let body = read_json(req).await?;
-            Ok(json_response(StatusCode::CREATED, &engine.networks.create(&body)?))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &engine.networks.create(&body)?,
+            ))
         }
-        (&Method::GET, ["networks", name]) => Ok(json_response(StatusCode::OK, &crate::networks::inspect_json(&engine, name)?)),
+        (&Method::GET, ["networks", name]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::networks::inspect_json(&engine, name)?,
+        )),
         (&Method::DELETE, ["networks", name]) => {
             crate::networks::remove(&engine, name)?;
             Ok(no_content())

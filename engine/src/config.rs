@@ -122,7 +122,11 @@ impl FileConfig {
                 v.as_array()
                     .ok_or_else(|| want("an array of strings"))?
                     .iter()
-                    .map(|x| x.as_str().map(String::from).ok_or_else(|| want("an array of strings")))
+                    .map(|x| {
+                        x.as_str()
+                            .map(String::from)
+                            .ok_or_else(|| want("an array of strings"))
+                    })
                     .collect()
             };
             match k.as_str() {
@@ -148,7 +152,9 @@ impl FileConfig {
                     c.log_opts = Some(m);
                 }
                 "default-ulimits" => c.default_ulimits = Some(parse_ulimits(v, &key_err)?),
-                "live-restore" => c.live_restore = Some(v.as_bool().ok_or_else(|| want("a boolean"))?),
+                "live-restore" => {
+                    c.live_restore = Some(v.as_bool().ok_or_else(|| want("a boolean"))?)
+                }
                 "shutdown-timeout" => {
                     let n = v.as_i64().ok_or_else(|| want("an integer"))?;
                     if n < 0 {
@@ -260,10 +266,17 @@ pub fn log_limits(opts: &BTreeMap<String, String>) -> Result<LogLimits, (bool, S
     for (k, v) in opts {
         match k.as_str() {
             "max-size" => {
-                let n = ram_in_bytes(v)
-                    .ok_or_else(|| (false, format!("invalid max-size {v:?} for json-file log driver")))?;
+                let n = ram_in_bytes(v).ok_or_else(|| {
+                    (
+                        false,
+                        format!("invalid max-size {v:?} for json-file log driver"),
+                    )
+                })?;
                 if n == 0 {
-                    return Err((false, format!("invalid max-size {v:?}: must be a positive size")));
+                    return Err((
+                        false,
+                        format!("invalid max-size {v:?}: must be a positive size"),
+                    ));
                 }
                 l.max_size = Some(n);
             }
@@ -287,10 +300,7 @@ pub fn log_limits(opts: &BTreeMap<String, String>) -> Result<LogLimits, (bool, S
                 _ => return Err((false, format!("invalid value for compress: {v:?}"))),
             },
             "labels" | "labels-regex" | "env" | "env-regex" | "tag" => {
-                return Err((
-                    true,
-                    format!("log-opt {k} is not implemented in orcad yet"),
-                ))
+                return Err((true, format!("log-opt {k} is not implemented in orcad yet")))
             }
             other => {
                 return Err((
@@ -358,7 +368,10 @@ fn parse_ulimit_flag(s: &str) -> Result<Value, ConfigError> {
     let bad = || ConfigError::Invalid(format!("invalid --default-ulimit {s:?} (NAME=SOFT[:HARD])"));
     let (name, lim) = s.split_once('=').ok_or_else(bad)?;
     let (soft, hard) = match lim.split_once(':') {
-        Some((a, b)) => (a.parse::<i64>().map_err(|_| bad())?, b.parse::<i64>().map_err(|_| bad())?),
+        Some((a, b)) => (
+            a.parse::<i64>().map_err(|_| bad())?,
+            b.parse::<i64>().map_err(|_| bad())?,
+        ),
         None => {
             let n = lim.parse::<i64>().map_err(|_| bad())?;
             (n, n)
@@ -456,7 +469,10 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<DaemonSettings, ConfigE
             .clone()
             .or(file.default_runtime.clone())
             .unwrap_or_else(|| "io.containerd.runc.v2".into()),
-        snapshotter: flags.snapshotter.clone().unwrap_or_else(|| "overlayfs".into()),
+        snapshotter: flags
+            .snapshotter
+            .clone()
+            .unwrap_or_else(|| "overlayfs".into()),
         cgroup_parent: flags
             .cgroup_parent
             .clone()
@@ -476,13 +492,17 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<DaemonSettings, ConfigE
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
         log_opts,
         default_ulimits,
-        log_level: flags.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| {
-            if file.debug == Some(true) {
-                "debug".into()
-            } else {
-                "info".into()
-            }
-        }),
+        log_level: flags
+            .log_level
+            .clone()
+            .or(file.log_level.clone())
+            .unwrap_or_else(|| {
+                if file.debug == Some(true) {
+                    "debug".into()
+                } else {
+                    "info".into()
+                }
+            }),
     })
 }
 
@@ -505,7 +525,10 @@ mod tests {
         let e = FileConfig::parse(r#"{"live-restore":"yes"}"#, "d.json").unwrap_err();
         assert!(e.to_string().contains("\"live-restore\""), "{e}");
         let e = FileConfig::parse(r#"{"log-opts":{"max-file":3}}"#, "d.json").unwrap_err();
-        assert!(e.to_string().contains("log-opts") && e.to_string().contains("max-file"), "{e}");
+        assert!(
+            e.to_string().contains("log-opts") && e.to_string().contains("max-file"),
+            "{e}"
+        );
         let e = FileConfig::parse(r#"{"data-root": "#, "d.json").unwrap_err();
         assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
         let e = FileConfig::parse(r#"{"bogus": 1}"#, "d.json").unwrap_err();
@@ -532,7 +555,10 @@ mod tests {
             log_driver: Some("syslog".into()),
             ..Default::default()
         };
-        assert!(resolve(bad, Flags::default()).unwrap_err().to_string().contains("syslog"));
+        assert!(resolve(bad, Flags::default())
+            .unwrap_err()
+            .to_string()
+            .contains("syslog"));
     }
 
     #[test]
@@ -543,7 +569,9 @@ mod tests {
         assert_eq!(ram_in_bytes("2KB"), Some(2048));
         assert_eq!(ram_in_bytes("x"), None);
         let o = |p: &[(&str, &str)]| -> BTreeMap<String, String> {
-            p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+            p.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
         };
         assert_eq!(
             log_limits(&o(&[("max-size", "1k"), ("max-file", "3")])).unwrap(),
@@ -553,7 +581,10 @@ mod tests {
             }
         );
         assert!(log_limits(&o(&[("max-file", "3")])).is_err());
-        assert!(log_limits(&o(&[("nope", "3")])).unwrap_err().1.contains("unknown log opt"));
+        assert!(log_limits(&o(&[("nope", "3")]))
+            .unwrap_err()
+            .1
+            .contains("unknown log opt"));
         assert!(log_limits(&o(&[("compress", "true")])).unwrap_err().0);
     }
 }

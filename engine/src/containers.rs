@@ -596,7 +596,12 @@ fn check_host_config(hc: &Value) -> Result<()> {
 /// dockerd's restart manager: the delay before the next restart, or
 /// `None`. Backoff 100 ms doubling up to 1 min, reset after a run of 10 s
 /// or more.
-fn should_restart(rs: &mut RestartState, rec: &Record, code: i64, ran_for: Duration) -> Option<Duration> {
+fn should_restart(
+    rs: &mut RestartState,
+    rec: &Record,
+    code: i64,
+    ran_for: Duration,
+) -> Option<Duration> {
     let policy = RestartPolicy::from_host_config(&rec.host_config).unwrap_or(RestartPolicy::No);
     if policy == RestartPolicy::No || rs.cancelled {
         return None;
@@ -707,7 +712,11 @@ impl Containers {
                 continue;
             }
             let me = self.clone();
-            let t = rec.config.stop_timeout.unwrap_or(10).min(timeout.as_secs() as i64);
+            let t = rec
+                .config
+                .stop_timeout
+                .unwrap_or(10)
+                .min(timeout.as_secs() as i64);
             waits.push(tokio::spawn(async move {
                 if let Err(err) = me.stop_inner(&e, Some(t), None, false).await {
                     warn!(id = %rec.id, "stopping at shutdown: {err}");
@@ -722,7 +731,10 @@ impl Containers {
                 let _ = w.await;
             }
         };
-        if tokio::time::timeout(timeout + Duration::from_secs(5), all).await.is_err() {
+        if tokio::time::timeout(timeout + Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
             warn!("some containers did not stop within the shutdown timeout");
         }
     }
@@ -1299,12 +1311,17 @@ impl Containers {
             let net = self.networks.lookup(name)?;
             let nonempty = |v: &Value| match v {
                 Value::Null => false,
-                Value::Object(o) => o.values().any(|x| !x.is_null() && x != "" && x != &json!([])),
+                Value::Object(o) => o
+                    .values()
+                    .any(|x| !x.is_null() && x != "" && x != &json!([])),
                 Value::Array(a) => !a.is_empty(),
                 Value::String(s) => !s.is_empty(),
                 _ => true,
             };
-            if nonempty(&ep["IPAMConfig"]) || nonempty(&ep["IPAddress"]) || nonempty(&ep["MacAddress"]) {
+            if nonempty(&ep["IPAMConfig"])
+                || nonempty(&ep["IPAddress"])
+                || nonempty(&ep["MacAddress"])
+            {
                 return Err(EngineError::NotImplemented(
                     "static addresses on networks are not implemented in orcad yet (networks are records only)"
                         .into(),
@@ -1629,8 +1646,12 @@ impl Containers {
         info!(id, pid, "started container");
         let rec = entry.record();
         for (name, ep) in &rec.networks {
-            self.events
-                .network("connect", &ep.network_id, name, &[("container", id.clone())]);
+            self.events.network(
+                "connect",
+                &ep.network_id,
+                name,
+                &[("container", id.clone())],
+            );
         }
         self.events.container("start", &rec, &[]);
         let me = self.clone();
@@ -1726,32 +1747,32 @@ impl Containers {
         // Decided and recorded under the restart lock, so that an API stop
         // either cancels the restart or finds the container restarting.
         let (delay, generation) = {
-        let mut rs = entry.restart_state();
-        let delay = if self.shutting_down.load(Ordering::SeqCst) {
-            None
-        } else {
-            should_restart(&mut rs, &rec, code, ran_for)
-        };
-        let generation = rs.generation;
-        entry.with_rec(|r| {
-            r.state.paused = false;
-            r.state.pid = 0;
-            r.state.exit_code = code;
-            r.state.finished_at = util::rfc3339(at);
-            r.stdio = None;
-            if delay.is_some() {
-                // dockerd's SetRestarting: still "running" for stop/rm/…
-                r.state.running = true;
-                r.state.restarting = true;
-                r.state.status = "restarting".into();
-                r.restart_count += 1;
+            let mut rs = entry.restart_state();
+            let delay = if self.shutting_down.load(Ordering::SeqCst) {
+                None
             } else {
-                r.state.running = false;
-                r.state.restarting = false;
-                r.state.status = "exited".into();
-            }
-        });
-        (delay, generation)
+                should_restart(&mut rs, &rec, code, ran_for)
+            };
+            let generation = rs.generation;
+            entry.with_rec(|r| {
+                r.state.paused = false;
+                r.state.pid = 0;
+                r.state.exit_code = code;
+                r.state.finished_at = util::rfc3339(at);
+                r.stdio = None;
+                if delay.is_some() {
+                    // dockerd's SetRestarting: still "running" for stop/rm/…
+                    r.state.running = true;
+                    r.state.restarting = true;
+                    r.state.status = "restarting".into();
+                    r.restart_count += 1;
+                } else {
+                    r.state.running = false;
+                    r.state.restarting = false;
+                    r.state.status = "exited".into();
+                }
+            });
+            (delay, generation)
         };
         self.forget_execs(&id);
         if let Err(e) = self.save(&entry.record()) {
@@ -1769,15 +1790,24 @@ impl Containers {
             ],
         );
         for (name, ep) in &rec.networks {
-            self.events
-                .network("disconnect", &ep.network_id, name, &[("container", id.clone())]);
+            self.events.network(
+                "disconnect",
+                &ep.network_id,
+                name,
+                &[("container", id.clone())],
+            );
         }
         entry.events.send_modify(|e| {
             e.exits += 1;
             e.exit_code = code;
         });
         if let Some(delay) = delay {
-            info!(id, ?delay, count = rec.restart_count, "restarting container (restart policy)");
+            info!(
+                id,
+                ?delay,
+                count = rec.restart_count,
+                "restarting container (restart policy)"
+            );
             tokio::spawn(async move { self.delayed_restart(entry, delay, generation).await });
             return;
         }
@@ -1799,7 +1829,12 @@ impl Containers {
         Box::pin(async move { self.delayed_restart_inner(entry, delay, generation).await })
     }
 
-    async fn delayed_restart_inner(self: Arc<Self>, entry: Arc<Entry>, delay: Duration, generation: u64) {
+    async fn delayed_restart_inner(
+        self: Arc<Self>,
+        entry: Arc<Entry>,
+        delay: Duration,
+        generation: u64,
+    ) {
         tokio::time::sleep(delay).await;
         let _op = entry.op.lock().await;
         let id = entry.record().id;
@@ -2220,21 +2255,24 @@ impl Containers {
                 })
             });
             let ok = label_ok
-                && filters.iter().filter(|(k, _)| k.as_str() != "label").all(|(k, vals)| {
-                vals.iter().any(|v| match k.as_str() {
-                    "id" => r.id.starts_with(v.as_str()),
-                    "name" => r
-                        .name
-                        .trim_start_matches('/')
-                        .contains(v.trim_start_matches('/')),
-                    "status" => r.state.status == *v,
-                    "label" => match v.split_once('=') {
-                        Some((lk, lv)) => r.config.labels.get(lk).is_some_and(|x| x == lv),
-                        None => r.config.labels.contains_key(v.as_str()),
-                    },
-                    _ => false,
-                })
-            });
+                && filters
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "label")
+                    .all(|(k, vals)| {
+                        vals.iter().any(|v| match k.as_str() {
+                            "id" => r.id.starts_with(v.as_str()),
+                            "name" => r
+                                .name
+                                .trim_start_matches('/')
+                                .contains(v.trim_start_matches('/')),
+                            "status" => r.state.status == *v,
+                            "label" => match v.split_once('=') {
+                                Some((lk, lv)) => r.config.labels.get(lk).is_some_and(|x| x == lv),
+                                None => r.config.labels.contains_key(v.as_str()),
+                            },
+                            _ => false,
+                        })
+                    });
             if !ok {
                 continue;
             }
@@ -2408,7 +2446,10 @@ pub(crate) fn copy_stream(
             }
         }
         {
-            let mut fds = [nix::poll::PollFd::new(f.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let mut fds = [nix::poll::PollFd::new(
+                f.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
         }
         let n = match f.read(&mut buf) {
@@ -2474,7 +2515,10 @@ impl JsonLog {
             return Ok(());
         }
         for i in (2..self.limits.max_file).rev() {
-            match fs::rename(Self::rotated(&self.path, i - 1), Self::rotated(&self.path, i)) {
+            match fs::rename(
+                Self::rotated(&self.path, i - 1),
+                Self::rotated(&self.path, i),
+            ) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),

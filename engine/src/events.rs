@@ -82,7 +82,13 @@ fn now_nanos() -> i64 {
 impl EventBus {
     /// Records and broadcasts an event (buffer and broadcast under one lock:
     /// a subscriber sees every event exactly once, replayed or live).
-    pub fn publish(&self, typ: &str, action: &str, actor_id: &str, attrs: BTreeMap<String, String>) {
+    pub fn publish(
+        &self,
+        typ: &str,
+        action: &str,
+        actor_id: &str,
+        attrs: BTreeMap<String, String>,
+    ) {
         let ev = Event {
             typ: typ.to_string(),
             action: action.to_string(),
@@ -256,7 +262,9 @@ pub fn parse_time(v: Option<&str>, what: &str) -> Result<Option<i64>> {
         }
         format!("{frac:0<9}").parse().map_err(|_| bad())?
     };
-    Ok(Some(secs.saturating_mul(1_000_000_000).saturating_add(nanos)))
+    Ok(Some(
+        secs.saturating_mul(1_000_000_000).saturating_add(nanos),
+    ))
 }
 
 /// Parses Docker's `filters` query value: `{"key": ["v", …]}` or the
@@ -291,8 +299,20 @@ pub fn parse_filters(raw: Option<&str>) -> Result<HashMap<String, Vec<String>>> 
 pub struct Filter(HashMap<String, Vec<String>>);
 
 const EVENT_FILTERS: &[&str] = &[
-    "container", "daemon", "event", "image", "label", "network", "type", "volume", "plugin",
-    "scope", "node", "service", "secret", "config",
+    "container",
+    "daemon",
+    "event",
+    "image",
+    "label",
+    "network",
+    "type",
+    "volume",
+    "plugin",
+    "scope",
+    "node",
+    "service",
+    "secret",
+    "config",
 ];
 
 impl Filter {
@@ -312,7 +332,8 @@ impl Filter {
 
     /// True without values for `k`, else when `source` is one of them.
     fn exact(&self, k: &str, source: &str) -> bool {
-        self.values(k).is_none_or(|vals| vals.iter().any(|v| v == source))
+        self.values(k)
+            .is_none_or(|vals| vals.iter().any(|v| v == source))
     }
 
     /// Like [`Filter::exact`], or a value is a prefix of `source`.
@@ -362,7 +383,8 @@ impl Filter {
                 None => e.attributes.contains_key(l.as_str()),
             })
         });
-        let only_type = |k: &str, t: &str| self.values(k).is_none() || (e.typ == t && self.fuzzy_name(k, e));
+        let only_type =
+            |k: &str, t: &str| self.values(k).is_none() || (e.typ == t && self.fuzzy_name(k, e));
         event_ok
             && self.exact("type", &e.typ)
             && self.exact("scope", "local")
@@ -422,7 +444,12 @@ mod tests {
             "abcdef0123",
             &[("name", "web"), ("image", "busybox:latest"), ("a", "b")],
         );
-        let i = ev("image", "pull", "busybox:latest", &[("name", "busybox:latest")]);
+        let i = ev(
+            "image",
+            "pull",
+            "busybox:latest",
+            &[("name", "busybox:latest")],
+        );
         let f = |s: &str| Filter::parse(Some(s)).unwrap();
         assert!(f("{}").include(&c));
         assert!(f(r#"{"container":{"web":true}}"#).include(&c));
@@ -438,7 +465,12 @@ mod tests {
         assert!(f(r#"{"label":["a=b"]}"#).include(&c));
         assert!(f(r#"{"label":["a"]}"#).include(&c));
         assert!(!f(r#"{"label":["a=c"]}"#).include(&c));
-        let x = ev("container", "exec_start: sh -c true", "abc", &[("name", "w")]);
+        let x = ev(
+            "container",
+            "exec_start: sh -c true",
+            "abc",
+            &[("name", "w")],
+        );
         assert!(f(r#"{"event":["exec_start"]}"#).include(&x));
         assert!(Filter::parse(Some(r#"{"bogus":["x"]}"#)).is_err());
         let j = c.to_json();

@@ -14,8 +14,8 @@
 //! - [`supervisor`]: the orca-supervisor orcad starts without `--containerd`.
 
 pub mod api;
-pub mod config;
 pub mod archive;
+pub mod config;
 pub mod containerd;
 pub mod containers;
 pub mod error;
@@ -40,8 +40,8 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixListener;
 use serde_json::Value;
+use tokio::net::UnixListener;
 use tracing::{debug, info, warn};
 
 pub use error::{EngineError, Result};
@@ -177,7 +177,10 @@ pub fn bind_with_group(path: &std::path::Path, group: &str) -> anyhow::Result<Un
     let gid = match nix::unistd::Group::from_name(group) {
         Ok(Some(g)) => Some(g.gid),
         Ok(None) => {
-            warn!(group, "group not found: the API socket stays root:root (mode 0660)");
+            warn!(
+                group,
+                "group not found: the API socket stays root:root (mode 0660)"
+            );
             None
         }
         Err(e) => {

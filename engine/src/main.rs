@@ -139,7 +139,9 @@ async fn run() -> anyhow::Result<()> {
     };
     let s = config::resolve(file, flags)?;
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&s.log_level).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_new(&s.log_level).unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     std::fs::create_dir_all(&s.exec_root)

@@ -47,7 +47,10 @@ pub struct Networks {
 
 impl Networks {
     /// Loads the records under `<data-root>/networks`.
-    pub fn new(data_root: &std::path::Path, events: Arc<EventBus>) -> anyhow::Result<Arc<Networks>> {
+    pub fn new(
+        data_root: &std::path::Path,
+        events: Arc<EventBus>,
+    ) -> anyhow::Result<Arc<Networks>> {
         let dir = data_root.join("networks");
         fs::create_dir_all(&dir)?;
         let mut map = HashMap::new();
@@ -63,7 +66,9 @@ impl Networks {
                 Ok(n) => {
                     map.insert(n.id.clone(), n);
                 }
-                Err(e) => tracing::warn!(path = %p.display(), "skipping unreadable network record: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), "skipping unreadable network record: {e}")
+                }
             }
         }
         Ok(Arc::new(Networks {
@@ -252,7 +257,8 @@ impl Networks {
     ) -> Result<Vec<Network>> {
         let f = parse_filters(raw_filters)?;
         for k in f.keys() {
-            if !["name", "id", "label", "driver", "type", "scope", "dangling"].contains(&k.as_str()) {
+            if !["name", "id", "label", "driver", "type", "scope", "dangling"].contains(&k.as_str())
+            {
                 return Err(EngineError::BadRequest(format!("invalid filter '{k}'")));
             }
         }
@@ -292,7 +298,13 @@ fn attached(engine: &crate::Engine, id: &str) -> Vec<(String, String, bool)> {
         .iter()
         .map(|e| e.record())
         .filter(|r| r.networks.values().any(|ep| ep.network_id == id))
-        .map(|r| (r.id, r.name.trim_start_matches('/').to_string(), r.state.running))
+        .map(|r| {
+            (
+                r.id,
+                r.name.trim_start_matches('/').to_string(),
+                r.state.running,
+            )
+        })
         .collect()
 }
 

@@ -156,11 +156,8 @@ impl Containers {
         }
         entry.with_rec(|r| r.name = new_name.clone());
         self.save(&entry.record())?;
-        self.events.container(
-            "rename",
-            &entry.record(),
-            &[("oldName", rec.name.clone())],
-        );
+        self.events
+            .container("rename", &entry.record(), &[("oldName", rec.name.clone())]);
         info!(id = %rec.id, from = %rec.name, to = %new_name, "renamed container");
         Ok(())
     }

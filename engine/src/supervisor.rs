@@ -133,7 +133,10 @@ impl ManagedSupervisor {
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = std::fs::remove_file(&pidfile);
-                anyhow::bail!("orca-supervisor did not answer on {} within 30 s", socket.display());
+                anyhow::bail!(
+                    "orca-supervisor did not answer on {} within 30 s",
+                    socket.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
