@@ -267,7 +267,7 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>> {
         }
     };
     if let Err(e) = runtime.delete(&flags.id, true) {
-        tracing::warn!("runtime delete of {}: {e}", flags.id);
+        crate::warn!("runtime delete of {}: {e}", flags.id);
     }
     let _ = mount::unmount_all(&bundle.join("rootfs"));
     let mut r = DeleteResponse::new();
@@ -285,12 +285,12 @@ fn setup_logging(debug: bool) {
     else {
         return;
     };
-    let level = if debug { "debug" } else { "info" };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-        .with_ansi(false)
-        .with_writer(std::sync::Mutex::new(f))
-        .try_init();
+    let level = if debug {
+        crate::log::Level::Debug
+    } else {
+        crate::log::Level::Info
+    };
+    crate::log::init(f, level);
 }
 
 trait NonBlock {
@@ -356,7 +356,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
     server
         .start()
         .map_err(|e| Error::Other(format!("ttrpc server: {e}")))?;
-    tracing::info!(
+    crate::info!(
         "orca-shim serving {} in namespace {}",
         flags.id,
         flags.namespace
@@ -364,7 +364,7 @@ pub fn serve(flags: &Flags) -> Result<()> {
     shutdown.wait();
     // Let the Shutdown reply go out, deliver what is queued, then go.
     if !events.flush(Duration::from_secs(2)) {
-        tracing::warn!("{} events not delivered at exit", events.pending());
+        crate::warn!("{} events not delivered at exit", events.pending());
     }
     std::thread::sleep(Duration::from_millis(20));
     if let Ok(addr) = std::fs::read_to_string("address") {

@@ -4,6 +4,8 @@
 //! daemon is away. Events are never dropped and keep their order.
 
 use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -120,7 +122,7 @@ impl Publisher {
     /// namespace `ns`.
     pub fn start(&self, address: String, ns: String) {
         if address.is_empty() {
-            tracing::warn!("no TTRPC_ADDRESS: events are queued but never forwarded");
+            crate::warn!("no TTRPC_ADDRESS: events are queued but never forwarded");
             return;
         }
         let me = self.clone();
@@ -200,40 +202,38 @@ impl Publisher {
     }
 
     fn run(&self, address: String, ns: String) {
-        let addr = if address.contains("://") {
-            address
-        } else {
-            format!("unix://{address}")
-        };
-        let mut client: Option<containerd_shim_protos::EventsClient> = None;
+        let path = address
+            .strip_prefix("unix://")
+            .unwrap_or(&address)
+            .to_string();
+        let mut conn: Option<ForwardConn> = None;
         let mut backoff = Duration::from_millis(50);
         loop {
             let e = self.next();
+            let mut env = Envelope::new();
+            env.timestamp = Some(timestamp(e.at)).into();
+            env.namespace = ns.clone();
+            env.topic = e.topic.to_string();
+            env.event = Some(e.any).into();
+            let mut req = ForwardRequest::new();
+            req.envelope = Some(env).into();
+            let payload = req.write_to_bytes().unwrap_or_default();
             loop {
-                if client.is_none() {
-                    match ttrpc::Client::connect(&addr) {
-                        Ok(c) => client = Some(containerd_shim_protos::EventsClient::new(c)),
-                        Err(err) => tracing::debug!("connecting to {addr}: {err}"),
+                if conn.is_none() {
+                    match ForwardConn::connect(&path) {
+                        Ok(c) => conn = Some(c),
+                        Err(err) => crate::debug!("connecting to {path}: {err}"),
                     }
                 }
-                if let Some(c) = &client {
-                    let mut env = Envelope::new();
-                    env.timestamp = Some(timestamp(e.at)).into();
-                    env.namespace = ns.clone();
-                    env.topic = e.topic.to_string();
-                    env.event = Some(e.any.clone()).into();
-                    let mut req = ForwardRequest::new();
-                    req.envelope = Some(env).into();
-                    let ctx =
-                        ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
-                    match c.forward(ctx, &req) {
-                        Ok(_) => {
+                if let Some(c) = conn.as_mut() {
+                    match c.forward(&payload) {
+                        Ok(()) => {
                             backoff = Duration::from_millis(50);
                             break;
                         }
                         Err(err) => {
-                            tracing::debug!("forwarding {}: {err}", e.topic);
-                            client = None;
+                            crate::debug!("forwarding {}: {err}", e.topic);
+                            conn = None;
                         }
                     }
                 }
@@ -241,6 +241,90 @@ impl Publisher {
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             self.delivered();
+            // Idle: no connection kept (a ttrpc client would keep a thread
+            // polling it every 10 ms); the next event reconnects.
+            if self.is_empty() {
+                conn = None;
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.inner
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .events
+            .is_empty()
+    }
+}
+
+const EVENTS_SERVICE: &str = "containerd.services.events.ttrpc.v1.Events";
+/// ttrpc frame header: length (u32 BE), stream id (u32 BE), type, flags.
+const HEADER_LEN: usize = 10;
+const MESSAGE_TYPE_REQUEST: u8 = 1;
+const MESSAGE_TYPE_RESPONSE: u8 = 2;
+const MESSAGE_LENGTH_MAX: usize = 4 << 20;
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A minimal synchronous ttrpc client for the one call the shim makes,
+/// `Events/Forward`: one request at a time on a blocking socket, in the
+/// sender thread itself (ttrpc's `sync::Client` adds two threads per
+/// connection, one of which wakes every 10 ms).
+struct ForwardConn {
+    sock: UnixStream,
+    next_stream: u32,
+}
+
+impl ForwardConn {
+    fn connect(path: &str) -> std::io::Result<ForwardConn> {
+        let sock = UnixStream::connect(path)?;
+        sock.set_read_timeout(Some(FORWARD_TIMEOUT))?;
+        sock.set_write_timeout(Some(FORWARD_TIMEOUT))?;
+        Ok(ForwardConn {
+            sock,
+            next_stream: 1,
+        })
+    }
+
+    /// Sends one `ForwardRequest` (encoded) and waits for its response.
+    fn forward(&mut self, payload: &[u8]) -> std::result::Result<(), String> {
+        let mut req = ttrpc::Request::new();
+        req.service = EVENTS_SERVICE.to_string();
+        req.method = "Forward".to_string();
+        req.payload = payload.to_vec();
+        req.timeout_nano = FORWARD_TIMEOUT.as_nanos() as i64;
+        let body = req.write_to_bytes().map_err(|e| e.to_string())?;
+        let stream = self.next_stream;
+        // Client streams are odd.
+        self.next_stream = self.next_stream.wrapping_add(2);
+        let mut frame = Vec::with_capacity(HEADER_LEN + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.push(MESSAGE_TYPE_REQUEST);
+        frame.push(0);
+        frame.extend_from_slice(&body);
+        self.sock.write_all(&frame).map_err(|e| e.to_string())?;
+        loop {
+            let mut h = [0u8; HEADER_LEN];
+            self.sock.read_exact(&mut h).map_err(|e| e.to_string())?;
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            if len > MESSAGE_LENGTH_MAX {
+                return Err(format!("response of {len} bytes"));
+            }
+            let mut buf = vec![0u8; len];
+            self.sock.read_exact(&mut buf).map_err(|e| e.to_string())?;
+            if id != stream || h[8] != MESSAGE_TYPE_RESPONSE {
+                continue;
+            }
+            let res = ttrpc::Response::parse_from_bytes(&buf).map_err(|e| e.to_string())?;
+            return match res.status.as_ref() {
+                Some(st) if st.code.value() != 0 => {
+                    Err(format!("status {:?}: {}", st.code, st.message))
+                }
+                _ => Ok(()),
+            };
         }
     }
 }

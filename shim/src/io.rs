@@ -173,7 +173,7 @@ fn copy_stdin(path: String, target: Arc<Mutex<Option<OwnedFd>>>, stop: OwnedFd) 
     {
         Ok(f) => f,
         Err(e) => {
-            tracing::warn!("cannot open stdin {path}: {e}");
+            crate::warn!("cannot open stdin {path}: {e}");
             target.lock().unwrap_or_else(|e| e.into_inner()).take();
             return;
         }
@@ -233,7 +233,7 @@ fn chown_fd(fd: RawFd, uid: u32, gid: u32) {
     }
     // SAFETY: fchown on an fd we own; failure is only logged.
     if unsafe { libc::fchown(fd, uid, gid) } != 0 {
-        tracing::warn!("fchown stdio pipe: {}", std::io::Error::last_os_error());
+        crate::warn!("fchown stdio pipe: {}", std::io::Error::last_os_error());
     }
 }
 

@@ -13,11 +13,13 @@
 //! - [`mount`]: rootfs mounts.
 //! - [`options`]: runtime options (runc Options, runtimeoptions TOML).
 //! - [`metrics`]: cgroup v1/v2 metrics for Stats.
+//! - [`log`]: the shim's log lines (a few macros, no `tracing`).
 
 pub mod bootstrap;
 pub mod error;
 pub mod events;
 pub mod io;
+pub mod log;
 pub mod metrics;
 pub mod mount;
 pub mod options;

@@ -822,7 +822,7 @@ impl MethodHandler for Guarded {
 
 fn reply<T>(what: &str, r: Result<T>) -> ttrpc::Result<T> {
     r.map_err(|e| {
-        tracing::debug!("{what}: {e}");
+        crate::debug!("{what}: {e}");
         e.into()
     })
 }
