@@ -15,7 +15,10 @@ fn docker_py_runs_lists_logs_execs_and_removes() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(py, "docker-py missing: `pip install docker` (scripts/deps.sh installs it)");
+    assert!(
+        py,
+        "docker-py missing: `pip install docker` (scripts/deps.sh installs it)"
+    );
     let (registry, image) = Registry::with_busybox();
     let containerd = Containerd::start();
     let orcad = Orcad::start(&containerd);

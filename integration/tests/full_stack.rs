@@ -48,16 +48,51 @@ fn docker_cli_runs_containers_on_the_all_orca_stack() {
     };
 
     let out = orcad.docker(&["pull", &image], T);
-    assert!(out.status.success(), "docker pull: {}\n{}", text(&out.stderr), diag());
-    assert!(text(&out.stdout).contains("Pull complete"), "{}", text(&out.stdout));
+    assert!(
+        out.status.success(),
+        "docker pull: {}\n{}",
+        text(&out.stderr),
+        diag()
+    );
+    assert!(
+        text(&out.stdout).contains("Pull complete"),
+        "{}",
+        text(&out.stdout)
+    );
 
-    let out = orcad.docker(&["run", "--rm", &image, "sh", "-c", "echo hello; exit 3"], T);
-    assert_eq!(text(&out.stdout), "hello\n", "{}\n{}", text(&out.stderr), diag());
+    let out = orcad.docker(
+        &["run", "--rm", &image, "sh", "-c", "echo hello; exit 3"],
+        T,
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "hello\n",
+        "{}\n{}",
+        text(&out.stderr),
+        diag()
+    );
     assert_eq!(out.status.code(), Some(3), "exit code through every layer");
 
     let name = unique_name("stack");
-    let out = orcad.docker(&["run", "-d", "--name", &name, &image, "sh", "-c", "echo up; sleep 100"], T);
-    assert!(out.status.success(), "docker run -d: {}\n{}", text(&out.stderr), diag());
+    let out = orcad.docker(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            &image,
+            "sh",
+            "-c",
+            "echo up; sleep 100",
+        ],
+        T,
+    );
+    assert!(
+        out.status.success(),
+        "docker run -d: {}\n{}",
+        text(&out.stderr),
+        diag()
+    );
     let out = orcad.docker(&["inspect", "--format", "{{.State.Pid}}", &name], T);
     let pid: i32 = text(&out.stdout).trim().parse().unwrap_or(0);
     assert!(pid > 0, "no pid: {}", text(&out.stderr));
@@ -70,7 +105,11 @@ fn docker_cli_runs_containers_on_the_all_orca_stack() {
     );
     // ... and orca-runtime keeps its state where orca-shim tells it to.
     let out = orcad.docker(&["ps", "--format", "{{.Names}} {{.Status}}"], T);
-    assert!(text(&out.stdout).contains(&format!("{name} Up")), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains(&format!("{name} Up")),
+        "{}",
+        text(&out.stdout)
+    );
     let ok = wait_until(Duration::from_secs(10), || {
         text(&orcad.docker(&["logs", &name], T).stdout).contains("up")
     });

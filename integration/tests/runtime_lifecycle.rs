@@ -1265,7 +1265,10 @@ fn rootfs_propagation_decides_whether_later_host_mounts_show_up() {
     // started propagates into the container with "rslave" and must not with "rprivate".
     let rt = orca();
     let sh = |args: &[&str]| {
-        let st = std::process::Command::new(args[0]).args(&args[1..]).status().unwrap();
+        let st = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap();
         assert!(st.success(), "{args:?}");
     };
     for (mode, expect_visible) in [("rprivate", false), ("rslave", true)] {
@@ -1281,10 +1284,18 @@ fn rootfs_propagation_decides_whether_later_host_mounts_show_up() {
         let late = format!("{rootfs}/mnt/late");
         sh(&["mount", "-t", "tmpfs", "tmpfs", &late]);
         let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap_or_default();
-        let visible = mounts.lines().any(|l| l.split(' ').nth(1) == Some("/mnt/late"));
-        let _ = std::process::Command::new("umount").arg("-l").arg(&late).status();
+        let visible = mounts
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some("/mnt/late"));
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&late)
+            .status();
         let _ = rt.run(&["delete", "-f", &id]);
-        let _ = std::process::Command::new("umount").arg("-l").arg(&rootfs).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&rootfs)
+            .status();
         assert_no_leftovers(&rt, &b, &id);
         assert_eq!(
             visible, expect_visible,
@@ -1297,7 +1308,8 @@ fn rootfs_propagation_decides_whether_later_host_mounts_show_up() {
 fn events_reports_an_oom_kill() {
     let rt = orca();
     let mut b = Bundle::busybox(&["sleep", "100"]);
-    b.config_mut()["linux"]["resources"]["memory"] = json!({"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024});
+    b.config_mut()["linux"]["resources"]["memory"] =
+        json!({"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024});
     add_tmp(&mut b);
     b.save();
     let id = unique_name("oom");

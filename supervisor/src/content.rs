@@ -545,12 +545,25 @@ impl IngestWriter {
         let reference = self.reference.clone();
         let lease = self.lease.clone();
         let size = self.offset;
-        // Record first (atomic check for AlreadyExists), then move the data.
+        // The data goes into place first and the record second: a crash in between leaves
+        // an unrecorded blob file (invisible, collected later), never a record whose blob is
+        // missing or partial.
         let _g = self
             .store
             .blob_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        if self.store.meta.get(Kind::Content, &ns, &actual)?.is_some() {
+            return Err(Error::AlreadyExists(format!("content {actual}")));
+        }
+        let data = self.dir.join("data");
+        if blob.exists() {
+            fs::remove_file(&data).ctx(|| format!("remove {}", data.display()))?;
+        } else {
+            let _ = fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o444));
+            fs::rename(&data, &blob)
+                .ctx(|| format!("rename {} to {}", data.display(), blob.display()))?;
+        }
         self.store.meta.update(|tx| {
             if tx.exists(Kind::Content, &ns, &actual)? {
                 return Err(Error::AlreadyExists(format!("content {actual}")));
@@ -573,14 +586,6 @@ impl IngestWriter {
             }
             tx.add_to_lease(&ns, lease.as_deref(), "content", &actual)
         })?;
-        let data = self.dir.join("data");
-        if blob.exists() {
-            fs::remove_file(&data).ctx(|| format!("remove {}", data.display()))?;
-        } else {
-            fs::rename(&data, &blob)
-                .ctx(|| format!("rename {} to {}", data.display(), blob.display()))?;
-            let _ = fs::set_permissions(&blob, std::os::unix::fs::PermissionsExt::from_mode(0o444));
-        }
         let _ = fs::remove_dir_all(&self.dir);
         Ok(actual)
     }
