@@ -1379,13 +1379,7 @@ pub async fn save(
     for (tags, img) in &order {
         let config = engine.ctrd.read_blob(&img.config_digest).await?;
         let chex = img.config_digest.trim_start_matches("sha256:").to_string();
-        let diff_ids: Vec<String> = img.config["rootfs"]["diff_ids"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
+        let diff_ids: Vec<String> = crate::util::json_strings(&img.config["rootfs"]["diff_ids"]);
         let mut layer_paths = Vec::new();
         let mut layer_descs = Vec::new();
         for (i, l) in img.layers.iter().enumerate() {
@@ -1680,20 +1674,8 @@ pub async fn load(
             let config = u.read(cpath)?;
             let cv: Value = serde_json::from_slice(&config)
                 .map_err(|e| EngineError::BadRequest(format!("invalid image config: {e}")))?;
-            let diff_ids: Vec<String> = cv["rootfs"]["diff_ids"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
-            let lpaths: Vec<String> = m["Layers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect();
+            let diff_ids: Vec<String> = crate::util::json_strings(&cv["rootfs"]["diff_ids"]);
+            let lpaths: Vec<String> = crate::util::json_strings(&m["Layers"]);
             if lpaths.len() != diff_ids.len() {
                 return Err(EngineError::BadRequest(format!(
                     "image config has {} diff ids for {} layers",

@@ -327,13 +327,7 @@ impl ImageService {
             )));
         }
         let config = parse_json("image config", &config_bytes)?;
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
+        let diff_ids: Vec<String> = crate::util::json_strings(&config["rootfs"]["diff_ids"]);
         if diff_ids.len() != layers.len() {
             return Err(EngineError::internal(format!(
                 "image config has {} diff ids for {} layers",
@@ -653,13 +647,7 @@ impl ImageService {
             .iter()
             .map(descriptor)
             .collect::<Result<_>>()?;
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
+        let diff_ids: Vec<String> = crate::util::json_strings(&config["rootfs"]["diff_ids"]);
         Ok(ResolvedImage {
             name: img.name.clone(),
             target,

@@ -198,3 +198,15 @@ mod tests {
         assert_eq!(percent_decode("a%2", false), "a%2");
     }
 }
+
+/// The strings of a JSON array (`rootfs.diff_ids`, a docker-archive's `Layers`, ...);
+/// anything else gives an empty list.
+pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}

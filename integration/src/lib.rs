@@ -15,6 +15,7 @@
 
 pub mod bundle;
 pub mod containerd;
+pub mod ctr_env;
 pub mod engine_support;
 pub mod image;
 pub mod mounts;
@@ -29,6 +30,7 @@ pub mod util;
 
 pub use bundle::{cgroup_leftovers, default_spec, Bundle, CGROUP_PARENT, DEFAULT_CAPS};
 pub use containerd::{Containerd, TEST_NAMESPACE};
+pub use ctr_env::CtrEnv;
 pub use image::{
     busybox_rootfs_tar, sha256_digest, tar_dir, write_busybox_oci_layout, ImageInfo, OciImage,
 };

@@ -7,7 +7,7 @@
 //! against an argv-logging wrapper script when debugging).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use orca_integration::*;
@@ -24,53 +24,27 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A containerd with the busybox image pulled from a local registry.
+/// A containerd with the busybox image pulled, running containers with our runtime as runc.
 struct Env {
-    ctrd: Containerd,
-    _registry: Registry,
-    image: String,
+    base: CtrEnv,
     runc: PathBuf,
+}
+
+impl std::ops::Deref for Env {
+    type Target = CtrEnv;
+    fn deref(&self) -> &CtrEnv {
+        &self.base
+    }
 }
 
 impl Env {
     #[track_caller]
     fn start() -> Env {
-        require_root();
         let runc = runc_binary();
-        let (registry, image) = Registry::with_busybox();
-        let ctrd = Containerd::start();
-        let env = Env {
-            ctrd,
-            _registry: registry,
-            image,
+        Env {
+            base: CtrEnv::start(),
             runc,
-        };
-        let out = env.ctr(&["images", "pull", "--plain-http", &env.image]);
-        env.check(&out, "ctr images pull --plain-http");
-        env
-    }
-
-    /// `ctr -a SOCK -n orca-test` with proxies disabled (the registry is on 127.0.0.1).
-    fn ctr_cmd(&self) -> Command {
-        let mut c = self.ctrd.ctr_cmd_ns(TEST_NAMESPACE);
-        for v in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        ] {
-            c.env_remove(v);
         }
-        c
-    }
-
-    #[track_caller]
-    fn ctr(&self, args: &[&str]) -> Output {
-        let mut c = self.ctr_cmd();
-        c.args(args);
-        run_with_timeout(&mut c, Duration::from_secs(60))
     }
 
     /// `ctr run --runc-binary RUNTIME [flags] IMAGE ID ARGS…`.
@@ -79,76 +53,8 @@ impl Env {
         let mut c = self.ctr_cmd();
         c.arg("run").arg("--runc-binary").arg(&self.runc);
         c.args(flags).arg(&self.image).arg(id).args(args);
-        run_with_timeout(&mut c, Duration::from_secs(60))
+        self.output(&mut c)
     }
-
-    /// Everything useful when a step fails: containerd's log tail and the bundles' log.json.
-    fn diagnostics(&self) -> String {
-        let log = self.ctrd.log();
-        let tail: Vec<&str> = log.lines().rev().take(60).collect();
-        let mut s = String::from("--- containerd log (tail) ---\n");
-        for l in tail.into_iter().rev() {
-            s.push_str(l);
-            s.push('\n');
-        }
-        // Bundles live in <state>/io.containerd.runtime.v2.task/<ns>/<id>/.
-        let tasks = self
-            .ctrd
-            .dir()
-            .join("state/io.containerd.runtime.v2.task")
-            .join(TEST_NAMESPACE);
-        if let Ok(rd) = std::fs::read_dir(&tasks) {
-            for e in rd.filter_map(|e| e.ok()) {
-                let p = e.path().join("log.json");
-                if let Ok(t) = std::fs::read_to_string(&p) {
-                    s.push_str(&format!("--- {} ---\n{t}\n", p.display()));
-                }
-            }
-        }
-        s
-    }
-
-    #[track_caller]
-    fn check(&self, out: &Output, what: &str) {
-        if !out.status.success() {
-            panic!(
-                "{what} failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n{}",
-                out.status,
-                text(&out.stdout),
-                text(&out.stderr),
-                self.diagnostics()
-            );
-        }
-    }
-
-    /// The STATUS column of `ctr task ls` for `id`, if listed.
-    fn task_status(&self, id: &str) -> Option<String> {
-        let out = self.ctr(&["task", "ls"]);
-        text(&out.stdout).lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.first() == Some(&id)).then(|| f.last().unwrap_or(&"").to_string())
-        })
-    }
-
-    #[track_caller]
-    fn wait_status(&self, id: &str, want: &str) {
-        let ok = wait_until(Duration::from_secs(15), || {
-            self.task_status(id).as_deref() == Some(want)
-        });
-        if !ok {
-            panic!(
-                "task {id} did not become {want}: `ctr task ls` says {:?}\n{}",
-                self.task_status(id),
-                self.diagnostics()
-            );
-        }
-    }
-}
-
-/// Runs a command capturing its output; kills it (and fails) after `timeout`.
-#[track_caller]
-fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    run_with_limit(cmd, timeout).unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
 /// Nothing of container `id` left in the shim's runc root, nor in any cgroup hierarchy.
