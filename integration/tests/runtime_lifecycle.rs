@@ -1327,3 +1327,20 @@ fn events_reports_an_oom_kill() {
     force_delete_clean(&rt, &b, &id);
     assert!(seen, "no oom event from `events`: {}", files.stdout());
 }
+
+#[test]
+fn foreground_run_with_a_terminal_proxies_the_pty() {
+    // No --console-socket: `run` opens the pty itself and copies it to its own terminal, as
+    // runc does.
+    let rt = orca();
+    let mut b = Bundle::busybox(&["sh", "-c", "tty; exit 6"]);
+    b.config_mut()["process"]["terminal"] = json!(true);
+    b.save();
+    let id = unique_name("ptyrun");
+    let mut cmd = rt.cmd();
+    cmd.args(["run", "-b", b.path_str(), &id]);
+    let (status, out) = run_in_pty(&mut cmd, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(6), "output: {out:?}");
+    assert!(out.contains("/dev/pts/0"), "output: {out:?}");
+    assert_no_leftovers(&rt, &b, &id);
+}

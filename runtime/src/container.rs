@@ -257,17 +257,18 @@ fn reject_unsupported(spec: &Spec) -> Result<()> {
 
 /// `create`: everything up to a process waiting on the exec fifo. Returns the init pid.
 pub fn create(store: &StateStore, id: &str, opts: &CreateOptions) -> Result<i32> {
-    create_with_console(store, id, opts, None)
+    create_inner(store, id, opts, false).map(|(pid, _)| pid)
 }
 
-/// `create` with the console end given directly (used by foreground `run` with a terminal,
-/// which proxies the pty itself instead of using `--console-socket`).
-fn create_with_console(
+/// `create`; with `may_proxy_tty` (foreground `run`) a config asking for a terminal without
+/// `--console-socket` gets a console socket pair whose runtime end is returned, so the caller
+/// can proxy the pty itself, as runc does.
+fn create_inner(
     store: &StateStore,
     id: &str,
     opts: &CreateOptions,
-    own_console: Option<OwnedFd>,
-) -> Result<i32> {
+    may_proxy_tty: bool,
+) -> Result<(i32, Option<OwnedFd>)> {
     crate::state::validate_id(id)?;
     let bundle = std::fs::canonicalize(&opts.bundle).ctx(|| format!("bundle {:?}", opts.bundle))?;
     let spec = crate::spec::load(&bundle)?;
@@ -278,6 +279,13 @@ fn create_with_console(
         .process()
         .clone()
         .ok_or_else(|| RuntimeError::Config("field process: must be set".into()))?;
+    let (proxy_end, own_console) =
+        if may_proxy_tty && process.terminal().unwrap_or(false) && opts.console_socket.is_none() {
+            let (ours, theirs) = crate::tty::console_pair()?;
+            (Some(ours), Some(theirs))
+        } else {
+            (None, None)
+        };
     if process.terminal().unwrap_or(false) && opts.console_socket.is_none() && own_console.is_none()
     {
         return Err(RuntimeError::other(
@@ -414,7 +422,7 @@ fn create_with_console(
     }
     guard.armed = false;
     tracing::debug!(id, init_pid, "container created");
-    Ok(init_pid)
+    Ok((init_pid, proxy_end))
 }
 
 /// `start`: let the init proceed to execve by reading the exec fifo.
@@ -836,20 +844,7 @@ pub fn run(store: &StateStore, id: &str, opts: &CreateOptions, detach: bool) -> 
     if !detach {
         nix::sys::prctl::set_child_subreaper(true).ctx(|| "prctl(PR_SET_CHILD_SUBREAPER)")?;
     }
-    let terminal = crate::spec::load(&opts.bundle)
-        .ok()
-        .and_then(|s| s.process().as_ref().and_then(|p| p.terminal()))
-        .unwrap_or(false);
-    let proxy_tty = terminal && opts.console_socket.is_none() && !detach;
-    let (pid, proxy_end) = if proxy_tty {
-        let (ours, theirs) = crate::tty::console_pair()?;
-        (
-            create_with_console(store, id, opts, Some(theirs))?,
-            Some(ours),
-        )
-    } else {
-        (create(store, id, opts)?, None)
-    };
+    let (pid, proxy_end) = create_inner(store, id, opts, !detach)?;
     let proxy = match proxy_end {
         Some(end) => match crate::tty::receive_master(&end).and_then(crate::tty::PtyProxy::start) {
             Ok(p) => Some(p),
