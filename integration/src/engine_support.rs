@@ -133,6 +133,31 @@ impl Orcad {
             .unwrap_or_else(|e| panic!("docker {args:?}: {e}\n--- orcad log ---\n{}", self.log()))
     }
 
+    /// `docker ARGS…` that must succeed; returns its stdout.
+    #[track_caller]
+    pub fn docker_ok(&self, args: &[&str], limit: Duration) -> String {
+        let out = self.docker(args, limit);
+        crate::assert_success(&out, &format!("docker {args:?}"));
+        text(&out.stdout)
+    }
+
+    /// `sh -c SCRIPT` with the docker CLI's environment aimed at this orcad
+    /// (for pipes such as `docker save | docker load`).
+    #[track_caller]
+    pub fn docker_sh(&self, script: &str, limit: Duration) -> Output {
+        let d = self.docker_cmd();
+        let mut c = Command::new("sh");
+        c.args(["-c", script]).stdin(Stdio::null());
+        for (k, v) in d.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        run_with_limit(&mut c, limit)
+            .unwrap_or_else(|e| panic!("sh -c {script:?}: {e}\n--- orcad log ---\n{}", self.log()))
+    }
+
     /// One raw HTTP/1.1 request on the API socket: (status, body).
     pub fn http(
         &self,
@@ -161,6 +186,25 @@ impl Drop for Orcad {
 }
 
 pub use crate::process::run_with_limit;
+
+/// Bytes as text (lossy): a command's stdout or stderr.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Debian's containerd 1.6, orcad on it, the local registry with busybox,
+/// and that image pulled through orcad: the usual docker-CLI test set-up.
+/// Returns the image reference too.
+pub fn orcad_with_busybox(limit: Duration) -> (Containerd, Orcad, crate::Registry, String) {
+    crate::require_root();
+    crate::require_tool(DOCKER_CLI);
+    let c = Containerd::start();
+    let o = Orcad::start(&c);
+    let (reg, image) = crate::Registry::with_busybox();
+    let out = o.docker(&["pull", &image], limit);
+    crate::assert_success(&out, "docker pull");
+    (c, o, reg, image)
+}
 
 /// A raw HTTP/1.1 request over a unix socket (Connection: close).
 pub fn http_unix(

@@ -4,50 +4,32 @@
 //! stats.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use orca_integration::engine_support::{run_with_limit, Orcad, DOCKER_CLI};
+use orca_integration::engine_support::{orcad_with_busybox, text, Orcad, DOCKER_CLI};
 use orca_integration::{
-    assert_success, require_root, require_tool, unique_name, wait_until, Containerd, Registry,
+    assert_success, require_tool, unique_name, wait_until, Containerd, Registry,
 };
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
 
 fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    text(&o.stdout)
 }
 
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    text(&o.stderr)
 }
 
 fn setup() -> (Containerd, Orcad, Registry, String) {
-    require_root();
-    require_tool(DOCKER_CLI);
-    let c = Containerd::start();
-    let o = Orcad::start(&c);
-    let (reg, image) = Registry::with_busybox();
-    let out = o.docker(&["pull", &image], T);
-    assert_success(&out, "docker pull");
-    (c, o, reg, image)
+    orcad_with_busybox(T)
 }
 
-/// A shell command line with the docker CLI aimed at `o` (for pipes and
-/// `script`).
+/// `sh -c SCRIPT` with the docker CLI aimed at `o` (for pipes).
 fn sh(o: &Orcad, script: &str) -> Output {
-    let d = o.docker_cmd();
-    let mut c = Command::new("sh");
-    c.args(["-c", script]).stdin(Stdio::null());
-    for (k, v) in d.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    run_with_limit(&mut c, T)
-        .unwrap_or_else(|e| panic!("sh -c {script:?}: {e}\n--- orcad log ---\n{}", o.log()))
+    o.docker_sh(script, T)
 }
 
 /// `docker ARGS…` with `input` on its stdin.
