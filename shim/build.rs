@@ -19,12 +19,14 @@
 //! dynamic linking (with a warning) when the static archives are missing.
 //!
 //! 3. Places the code a serving shim executes first and contiguous in the
-//!    binary (lld's `--symbol-ordering-file` with `link-order/symbols.txt`,
-//!    made by `link-order/gen.py` from a profile): the kernel maps file pages
-//!    in 64 KiB fault-around windows, so hot code spread over the whole text
-//!    maps all of it into every shim. A stale list only loses some of the
-//!    gain. `ORCA_SHIM_NO_ORDER=1` turns it off (e.g. for a linker other than
-//!    rust-lld, the default for x86_64-unknown-linux-gnu since Rust 1.90).
+//!    binary (`link-order/hot.ld`, a linker script made by `link-order/gen.py`
+//!    from a callgrind profile; it only adds an output section, `INSERT BEFORE
+//!    .text`): the kernel maps file pages in 64 KiB fault-around windows, so
+//!    hot code spread over the whole text maps all of it into every shim. The
+//!    script matches sections by name with the build-dependent hashes of Rust
+//!    symbols wildcarded, so it survives rebuilds; a stale script only loses
+//!    some of the gain. `ORCA_SHIM_NO_ORDER=1` turns it off.
+//!    `ORCA_SHIM_MAP=<file>` writes the linker's map (input for gen.py).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +35,8 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=ORCA_SHIM_DYNAMIC");
     println!("cargo:rerun-if-env-changed=ORCA_SHIM_NO_ORDER");
-    println!("cargo:rerun-if-changed=link-order/symbols.txt");
+    println!("cargo:rerun-if-env-changed=ORCA_SHIM_MAP");
+    println!("cargo:rerun-if-changed=link-order/hot.ld");
     let Some(out) = std::env::var_os("OUT_DIR").map(PathBuf::from) else {
         return;
     };
@@ -42,23 +45,30 @@ fn main() {
         static_link(&out);
     }
     if std::env::var_os("ORCA_SHIM_NO_ORDER").is_none_or(|v| v.is_empty() || v == "0") {
-        order_symbols();
+        order_sections();
+    }
+    if let Some(map) = std::env::var_os("ORCA_SHIM_MAP").filter(|v| !v.is_empty()) {
+        println!(
+            "cargo:rustc-link-arg-bin=orca-shim=-Wl,-Map={}",
+            Path::new(&map).display()
+        );
     }
 }
 
-fn order_symbols() {
+fn order_sections() {
     let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from) else {
         return;
     };
-    let list = dir.join("link-order").join("symbols.txt");
-    if !list.is_file() {
+    let script = dir.join("link-order").join("hot.ld");
+    if !script.is_file() {
         return;
     }
+    // The script only adds an output section (`INSERT BEFORE .text`): the
+    // linker's default layout stays in force for everything else.
     println!(
-        "cargo:rustc-link-arg-bin=orca-shim=-Wl,--symbol-ordering-file={}",
-        list.display()
+        "cargo:rustc-link-arg-bin=orca-shim=-Wl,-T,{}",
+        script.display()
     );
-    println!("cargo:rustc-link-arg-bin=orca-shim=-Wl,--no-warn-symbol-ordering");
 }
 
 fn link_shim_link(out: &Path) {
