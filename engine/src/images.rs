@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use orca_proto::images::{self as imgs, Image};
 use orca_proto::leases;
 use orca_proto::snapshots as snaps;
@@ -18,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::containerd::Containerd;
 use crate::error::{EngineError, Result};
 use crate::reference::{familiar, Reference};
-use crate::registry::{self, Fetched, RegistryClient};
+use orca_registry as reg;
 
 /// The GC label keeping a blob's child alive.
 const GC_CONTENT: &str = "containerd.io/gc.ref.content";
@@ -66,8 +65,13 @@ impl ResolvedImage {
 /// unknown tag are answered with a proper status code).
 pub struct PullPlan {
     reference: Reference,
-    top: Fetched,
-    manifest: Fetched,
+    repo: reg::Repository,
+    /// What the image record points at: the index when there is one.
+    top: reg::FetchedManifest,
+    /// The platform manifest.
+    manifest: reg::FetchedManifest,
+    image: reg::ImageManifest,
+    /// The platform manifest's position in the index.
     manifest_index: Option<usize>,
 }
 
@@ -82,8 +86,61 @@ pub fn platform_arch() -> &'static str {
     }
 }
 
+/// Where per-registry CA certificates live (`<dir>/<host[:port]>/ca.crt`):
+/// `$ORCA_REGISTRY_CERTS_DIR`, else Docker's `/etc/docker/certs.d`.
+pub fn registry_certs_dir() -> std::path::PathBuf {
+    std::env::var_os("ORCA_REGISTRY_CERTS_DIR")
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+        .unwrap_or_else(|| "/etc/docker/certs.d".into())
+}
+
+/// The registry client for orcad's settings: `registry-mirrors` (Docker
+/// Hub mirrors), `insecure-registries`, the certs dir, system roots.
+pub fn registry_client(cfg: &crate::EngineConfig) -> Result<reg::Client> {
+    let hosts = reg::HostsConfig::docker(
+        &cfg.registry_mirrors,
+        &cfg.insecure_registries,
+        Some(registry_certs_dir()),
+    );
+    reg::Client::new(hosts).map_err(|e| EngineError::BadRequest(format!("registry settings: {e}")))
+}
+
+/// Docker's `X-Registry-Auth` header of a request (absent → anonymous).
+pub fn registry_auth(headers: &http::HeaderMap) -> Result<reg::Credentials> {
+    match headers.get("x-registry-auth") {
+        None => Ok(reg::Credentials::Anonymous),
+        Some(v) => {
+            let s = v.to_str().map_err(|_| {
+                EngineError::BadRequest("invalid X-Registry-Auth header: not ASCII".into())
+            })?;
+            Ok(reg::Credentials::from_x_registry_auth(s)?.credentials)
+        }
+    }
+}
+
+/// A registry error met while pulling `r`, in dockerd's words.
+pub fn pull_error(r: &Reference, e: reg::Error) -> EngineError {
+    match e {
+        reg::Error::Unauthorized { message, .. } => EngineError::NotFound(format!(
+            "pull access denied for {}, repository does not exist or may require 'docker login': {message}",
+            familiar(&r.name())
+        )),
+        other => other.into(),
+    }
+}
+
+fn proto_desc(d: &reg::Descriptor) -> Descriptor {
+    Descriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size as i64,
+        annotations: HashMap::new(),
+    }
+}
+
 fn is_index(mt: &str) -> bool {
-    mt == registry::MT_OCI_INDEX || mt == registry::MT_DOCKER_LIST
+    reg::manifest::is_index(mt)
 }
 
 fn parse_json(what: &str, b: &[u8]) -> Result<Value> {
@@ -105,19 +162,23 @@ fn descriptor(v: &Value) -> Result<Descriptor> {
     })
 }
 
-/// Picks the linux/<arch> manifest from an index; returns its position.
+/// Picks the linux/<arch> manifest of a stored index (the crate's platform
+/// matching); returns its position.
 fn pick_platform(index: &Value) -> Result<(usize, Descriptor)> {
-    let arch = platform_arch();
-    let list = index["manifests"].as_array().cloned().unwrap_or_default();
-    for (i, m) in list.iter().enumerate() {
-        let p = &m["platform"];
-        if p["os"] == "linux" && p["architecture"] == arch {
-            return Ok((i, descriptor(m)?));
-        }
-    }
-    Err(EngineError::NotFound(format!(
-        "no matching manifest for linux/{arch} in the manifest list entries"
-    )))
+    let idx: reg::ImageIndex = serde_json::from_value(index.clone())
+        .map_err(|e| EngineError::internal(format!("index: {e}")))?;
+    let want = reg::Platform {
+        architecture: platform_arch().into(),
+        os: "linux".into(),
+        ..Default::default()
+    };
+    let d = reg::select_platform(&idx, &want)?;
+    let pos = idx
+        .manifests
+        .iter()
+        .position(|m| m.digest == d.digest)
+        .unwrap_or(0);
+    Ok((pos, proto_desc(d)))
 }
 
 /// Chain ids from diff ids (`chain[i] = sha256(chain[i-1] + " " + diff[i])`).
@@ -133,7 +194,7 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
-fn short(digest: &str) -> String {
+pub(crate) fn short(digest: &str) -> String {
     digest
         .trim_start_matches("sha256:")
         .chars()
@@ -141,7 +202,7 @@ fn short(digest: &str) -> String {
         .collect()
 }
 
-fn progress_bar(current: i64, total: i64) -> String {
+pub(crate) fn progress_bar(current: i64, total: i64) -> String {
     let width = 50i64;
     let filled = if total > 0 {
         (current * width / total).min(width)
@@ -182,7 +243,7 @@ pub fn human_size(n: i64) -> String {
 }
 
 /// Sends one progress message (ignored once the client has gone).
-async fn emit(tx: &mpsc::Sender<Bytes>, v: Value) {
+pub(crate) async fn emit(tx: &mpsc::Sender<Bytes>, v: Value) {
     let mut s = v.to_string();
     s.push_str("\r\n");
     let _ = tx.send(Bytes::from(s)).await;
@@ -192,12 +253,12 @@ async fn emit(tx: &mpsc::Sender<Bytes>, v: Value) {
 #[derive(Clone)]
 pub struct ImageService {
     ctrd: Containerd,
-    registry: RegistryClient,
+    registry: reg::Client,
     snapshotter: String,
 }
 
 impl ImageService {
-    pub fn new(ctrd: Containerd, registry: RegistryClient, snapshotter: String) -> ImageService {
+    pub fn new(ctrd: Containerd, registry: reg::Client, snapshotter: String) -> ImageService {
         ImageService {
             ctrd,
             registry,
@@ -210,34 +271,45 @@ impl ImageService {
         &self.snapshotter
     }
 
-    /// Resolves the reference at the registry (top manifest and platform
-    /// manifest) before any progress is streamed.
-    pub async fn pull_prepare(&self, reference: Reference) -> Result<PullPlan> {
-        let top = self
-            .registry
-            .manifest(&reference, &reference.object())
-            .await?;
-        let (manifest, manifest_index) = if is_index(&top.media_type) {
-            let idx = parse_json("index", &top.bytes)?;
-            let (i, d) = pick_platform(&idx)?;
-            (
-                self.registry.manifest(&reference, &d.digest).await?,
-                Some(i),
-            )
-        } else {
-            (
-                Fetched {
-                    media_type: top.media_type.clone(),
-                    digest: top.digest.clone(),
-                    bytes: top.bytes.clone(),
-                },
-                None,
-            )
+    /// The registry client (shared with push and login).
+    pub fn registry(&self) -> &reg::Client {
+        &self.registry
+    }
+
+    /// Resolves the reference at the registry (mirrors first; top manifest
+    /// and platform manifest) before any progress is streamed.
+    pub async fn pull_prepare(
+        &self,
+        reference: Reference,
+        creds: reg::Credentials,
+    ) -> Result<PullPlan> {
+        let repo = self.registry.repository(&reference, creds);
+        let platform = reg::Platform {
+            architecture: platform_arch().into(),
+            os: "linux".into(),
+            ..Default::default()
+        };
+        let resolved = repo
+            .resolve(&platform)
+            .await
+            .map_err(|e| pull_error(&reference, e))?;
+        let (top, manifest_index) = match resolved.index {
+            Some(idx) => {
+                let pos = idx
+                    .index()?
+                    .manifests
+                    .iter()
+                    .position(|d| d.digest == resolved.manifest.digest);
+                (idx, pos)
+            }
+            None => (resolved.manifest.clone(), None),
         };
         Ok(PullPlan {
             reference,
+            repo,
             top,
-            manifest,
+            manifest: resolved.manifest,
+            image: resolved.image,
             manifest_index,
         })
     }
@@ -297,27 +369,27 @@ impl ImageService {
         lease: &str,
     ) -> Result<bool> {
         let r = &plan.reference;
-        let manifest = parse_json("manifest", &plan.manifest.bytes)?;
-        let config_desc = descriptor(&manifest["config"])?;
-        let layers: Vec<Descriptor> = manifest["layers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(descriptor)
-            .collect::<Result<_>>()?;
+        let config_desc = &plan.image.config;
+        let layers: &[reg::Descriptor] = &plan.image.layers;
+        for l in layers.iter().chain(std::iter::once(config_desc)) {
+            orca_registry::reference::validate_digest(&l.digest)?;
+            if !l.digest.starts_with("sha256:") {
+                return Err(EngineError::NotImplemented(format!(
+                    "{}: only sha256 digests are supported",
+                    l.digest
+                )));
+            }
+        }
 
-        // The config (small): fetch, check, parse.
+        // The config (small): fetch (verified), parse.
         let config_bytes = match self.ctrd.content_info(&config_desc.digest).await? {
             Some(_) => self.ctrd.read_blob(&config_desc.digest).await?,
-            None => {
-                let body = self.registry.blob(r, &config_desc.digest).await?;
-                body.collect()
-                    .await
-                    .map_err(|e| EngineError::internal(format!("config download: {e}")))?
-                    .to_bytes()
-                    .to_vec()
-            }
+            None => plan
+                .repo
+                .fetch_blob_bytes(config_desc, 16 << 20)
+                .await
+                .map_err(|e| pull_error(r, e))?
+                .to_vec(),
         };
         let got = format!("sha256:{}", hex::encode(Sha256::digest(&config_bytes)));
         if got != config_desc.digest {
@@ -341,25 +413,44 @@ impl ImageService {
             None => false,
         };
 
-        for l in &layers {
+        for l in layers {
             emit(
                 tx,
                 json!({"status": "Pulling fs layer", "progressDetail": {}, "id": short(&l.digest)}),
             )
             .await;
         }
-        // Layers.
+        // Layers: those already in the content store are relabelled; the
+        // others download in parallel (bounded, like dockerd) straight into
+        // Content.Write.
         let mut downloaded = vec![false; layers.len()];
+        let mut missing: Vec<usize> = Vec::new();
         for (i, l) in layers.iter().enumerate() {
             let labels = HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids[i].clone())]);
             if self.ctrd.content_info(&l.digest).await?.is_some() {
                 self.ctrd.content_set_labels(&l.digest, labels).await?;
                 emit(tx, json!({"status": "Already exists", "progressDetail": {}, "id": short(&l.digest)})).await;
-                continue;
+            } else if missing.iter().any(|&j| layers[j].digest == l.digest) {
+                // The same blob twice in one image: downloaded once.
+            } else {
+                missing.push(i);
             }
-            self.download_blob(r, l, labels, lease, tx).await?;
+        }
+        let todo: Vec<reg::Descriptor> = missing.iter().map(|&i| layers[i].clone()).collect();
+        let diff_ids_ref = &diff_ids;
+        let missing_ref = &missing;
+        plan.repo
+            .for_each_blob(&todo, reg::DEFAULT_CONCURRENCY, |k, l, stream| async move {
+                let i = missing_ref[k];
+                let labels =
+                    HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids_ref[i].clone())]);
+                self.download_blob(r, &l, stream, labels, lease, tx).await?;
+                emit(tx, json!({"status": "Download complete", "progressDetail": {}, "id": short(&l.digest)})).await;
+                Ok::<_, EngineError>(())
+            })
+            .await?;
+        for &i in &missing {
             downloaded[i] = true;
-            emit(tx, json!({"status": "Download complete", "progressDetail": {}, "id": short(&l.digest)})).await;
         }
         // Config, manifest, index, with the GC references between them.
         let mut config_labels = HashMap::new();
@@ -375,7 +466,7 @@ impl ImageService {
         }
         self.put_blob(
             &plan.manifest.digest,
-            plan.manifest.bytes.clone(),
+            plan.manifest.bytes.to_vec(),
             manifest_labels,
             lease,
         )
@@ -383,11 +474,12 @@ impl ImageService {
         if let Some(i) = plan.manifest_index {
             let labels =
                 HashMap::from([(format!("{GC_CONTENT}.m.{i}"), plan.manifest.digest.clone())]);
-            self.put_blob(&plan.top.digest, plan.top.bytes.clone(), labels, lease)
+            self.put_blob(&plan.top.digest, plan.top.bytes.to_vec(), labels, lease)
                 .await?;
         }
         // Unpack.
         for (i, l) in layers.iter().enumerate() {
+            let l = proto_desc(l);
             let parent = if i == 0 {
                 String::new()
             } else {
@@ -400,7 +492,7 @@ impl ImageService {
                 continue;
             }
             emit(tx, json!({"status": "Extracting", "progressDetail": {"current": l.size, "total": l.size}, "progress": progress_bar(l.size, l.size), "id": short(&l.digest)})).await;
-            self.apply_layer(l, &parent, &chains[i], &diff_ids[i], lease)
+            self.apply_layer(&l, &parent, &chains[i], &diff_ids[i], lease)
                 .await?;
             emit(
                 tx,
@@ -468,45 +560,36 @@ impl ImageService {
         w.commit().await
     }
 
+    /// Streams one verified blob download into containerd's Content.Write.
     async fn download_blob(
         &self,
         r: &Reference,
-        l: &Descriptor,
+        l: &reg::Descriptor,
+        mut stream: reg::BlobStream,
         labels: HashMap<String, String>,
         lease: &str,
         tx: &mpsc::Sender<Bytes>,
     ) -> Result<()> {
-        let mut body = self.registry.blob(r, &l.digest).await?;
-        let mut w = self
-            .ctrd
-            .blob_writer(&l.digest, l.size, labels, Some(lease));
+        let size = l.size as i64;
+        let mut w = self.ctrd.blob_writer(&l.digest, size, labels, Some(lease));
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut current: i64 = 0;
         let mut last_report: i64 = -1;
-        while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|e| EngineError::internal(format!("downloading {}: {e}", l.digest)))?;
-            if let Ok(data) = frame.into_data() {
-                current += data.len() as i64;
-                buf.extend_from_slice(&data);
-                if buf.len() >= 1 << 20 {
-                    w.write(std::mem::take(&mut buf)).await?;
-                }
-                if current - last_report >= 256 << 10 || current == l.size {
-                    last_report = current;
-                    emit(tx, json!({"status": "Downloading", "progressDetail": {"current": current, "total": l.size}, "progress": progress_bar(current, l.size), "id": short(&l.digest)})).await;
-                }
+        while let Some(data) = stream.next_chunk().await.map_err(|e| pull_error(r, e))? {
+            current += data.len() as i64;
+            buf.extend_from_slice(&data);
+            if buf.len() >= 1 << 20 {
+                w.write(std::mem::take(&mut buf)).await?;
+            }
+            if current - last_report >= 256 << 10 || current == size {
+                last_report = current;
+                emit(tx, json!({"status": "Downloading", "progressDetail": {"current": current, "total": size}, "progress": progress_bar(current, size), "id": short(&l.digest)})).await;
             }
         }
         if !buf.is_empty() {
             w.write(buf).await?;
         }
-        if current != l.size {
-            return Err(EngineError::internal(format!(
-                "blob {}: got {current} bytes, expected {}",
-                l.digest, l.size
-            )));
-        }
+        debug!(digest = %l.digest, bytes = current, "layer downloaded");
         w.commit().await
     }
 
