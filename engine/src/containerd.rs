@@ -55,6 +55,11 @@ impl Containerd {
         })
     }
 
+    /// The gRPC channel (for services without an accessor here).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// The containerd socket path.
     pub fn socket(&self) -> &Path {
         &self.socket

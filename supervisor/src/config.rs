@@ -1,7 +1,9 @@
 //! The supervisor's configuration: containerd-style TOML (`root`, `state`,
-//! `[grpc] address`, `[ttrpc] address`, `[debug] level`; other keys are
-//! ignored), overridden by command-line flags.
+//! `[grpc] address`, `[ttrpc] address`, `[debug] level`, `[registry]` for
+//! the transfer service; other keys are ignored), overridden by
+//! command-line flags.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -20,6 +22,37 @@ pub struct ConfigFile {
     pub grpc: AddressSection,
     pub ttrpc: AddressSection,
     pub debug: DebugSection,
+    pub registry: RegistryConfig,
+}
+
+/// Registry access for the transfer service (server-side pull and push):
+///
+/// ```toml
+/// [registry]
+/// certs_dir = "/etc/orca/certs.d"      # <dir>/<host[:port]>/ca.crt
+/// insecure = ["reg.example:5000"]      # HTTPS without verification, then plain HTTP
+/// [registry.mirrors."docker.io"]
+/// endpoint = ["https://mirror.example", "http://127.0.0.1:5000"]
+/// ```
+///
+/// Loopback registries may always be reached over plain HTTP.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Per-host CA certificates: `<certs_dir>/<host[:port]>/ca.crt`.
+    pub certs_dir: Option<PathBuf>,
+    /// Hosts (`host` or `host:port`) reached without TLS verification,
+    /// falling back to plain HTTP.
+    pub insecure: Vec<String>,
+    /// Mirrors per registry host, tried in order before the host itself.
+    pub mirrors: BTreeMap<String, MirrorSection>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorSection {
+    /// Mirror base URLs (`https://host[:port]` or `http://…`) or bare hosts.
+    pub endpoint: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +75,7 @@ pub struct Config {
     pub address: PathBuf,
     pub ttrpc_address: PathBuf,
     pub log_level: String,
+    pub registry: RegistryConfig,
 }
 
 impl ConfigFile {
@@ -82,6 +116,7 @@ impl Config {
             log_level: log_level
                 .or(file.debug.level)
                 .unwrap_or_else(|| "info".into()),
+            registry: file.registry,
         }
     }
 }
@@ -102,5 +137,22 @@ mod tests {
         assert_eq!(c.address, PathBuf::from("/g.sock"));
         assert_eq!(c.ttrpc_address, PathBuf::from("/g.sock.ttrpc"));
         assert_eq!(c.log_level, "debug");
+        assert_eq!(c.registry, RegistryConfig::default());
+    }
+
+    #[test]
+    fn registry_section() {
+        let file: ConfigFile = toml::from_str(
+            "[registry]\ncerts_dir = \"/c\"\ninsecure = [\"r:5000\"]\n[registry.mirrors.\"docker.io\"]\nendpoint = [\"http://127.0.0.1:5000\"]\n",
+        )
+        .unwrap();
+        let c = Config::resolve(file, None, None, None, None);
+        assert_eq!(c.registry.certs_dir, Some(PathBuf::from("/c")));
+        assert_eq!(c.registry.insecure, vec!["r:5000".to_string()]);
+        assert_eq!(
+            c.registry.mirrors["docker.io"].endpoint,
+            vec!["http://127.0.0.1:5000".to_string()]
+        );
+        assert!(toml::from_str::<ConfigFile>("[registry]\nmirror = 1\n").is_err());
     }
 }

@@ -16,6 +16,8 @@
 //! | [`gc`] | [`gc::Gc`]: garbage collection of content, snapshots, leases, ingests |
 //! | [`tasks`] | [`tasks::ShimManager`]: shim start bootstrap, ttrpc task calls, re-attach after restart |
 //! | [`services`] | the gRPC services |
+//! | [`streaming`] | containerd's Streaming service: client streams for progress and auth |
+//! | [`transfer`] | containerd's Transfer service: server-side pull and push |
 //! | [`server`] | sockets and wiring |
 
 pub mod config;
@@ -30,7 +32,11 @@ pub mod metadata;
 pub mod server;
 pub mod services;
 pub mod snapshots;
+pub mod streaming;
 pub mod tasks;
+pub mod transfer;
+pub mod transfer_registry;
+pub mod transfer_remote;
 pub mod util;
 
 pub use error::{Error, Result};

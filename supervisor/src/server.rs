@@ -105,6 +105,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     let core = open_core(&cfg)?;
+    // Checks the [registry] settings before anything is started.
+    let streams = crate::streaming::StreamManager::new();
+    let transfer =
+        crate::transfer::TransferService::new(core.clone(), streams.clone(), &cfg.registry)?;
     recover_tasks(&core);
     // Leases that expired while we were down, and whatever they held.
     if let Err(e) = core.gc.collect_now() {
@@ -163,6 +167,12 @@ pub async fn serve(
         .add_service(api::tasks::tasks_server::TasksServer::new(TasksService(
             core.clone(),
         )))
+        .add_service(api::streaming::streaming_server::StreamingServer::new(
+            crate::streaming::StreamingService { streams },
+        ))
+        .add_service(api::transfer::transfer_server::TransferServer::new(
+            transfer,
+        ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::Internal(format!("gRPC server: {e}")));

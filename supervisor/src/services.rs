@@ -139,6 +139,9 @@ pub fn plugins() -> Vec<api::introspection::Plugin> {
         p("io.containerd.grpc.v1", "snapshots"),
         p("io.containerd.grpc.v1", "tasks"),
         p("io.containerd.grpc.v1", "version"),
+        p("io.containerd.grpc.v1", "streaming"),
+        p("io.containerd.grpc.v1", "transfer"),
+        p("io.containerd.transfer.v1", "local"),
     ]
 }
 
