@@ -39,6 +39,60 @@ pub enum AttachOutput {
 pub struct EngineClient {
     host: DaemonHost,
     api_version: String,
+    /// For a TLS host: the rustls configuration (CA, client certificate).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+fn tls_error(msg: String) -> CliError {
+    CliError::Status {
+        message: msg,
+        code: 1,
+    }
+}
+
+/// The rustls client configuration for a TLS host: servers verified
+/// against `ca` (name or IP SAN of the address), our certificate if given.
+pub fn tls_client_config(
+    ca: &std::path::Path,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let read_certs = |what: &str, p: &std::path::Path| -> Result<Vec<CertificateDer<'static>>> {
+        let v = CertificateDer::pem_file_iter(p)
+            .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+            .map_err(|e| tls_error(format!("could not read {what} {}: {e}", p.display())))?;
+        if v.is_empty() {
+            return Err(tls_error(format!(
+                "{what} {} holds no PEM certificate",
+                p.display()
+            )));
+        }
+        Ok(v)
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs("CA certificate", ca)? {
+        roots
+            .add(c)
+            .map_err(|e| tls_error(format!("CA certificate {}: {e}", ca.display())))?;
+    }
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(format!("TLS configuration: {e}")))?
+        .with_root_certificates(roots);
+    let cfg = match (cert, key) {
+        (Some(c), Some(k)) => {
+            let chain = read_certs("certificate", c)?;
+            let key = PrivateKeyDer::from_pem_file(k)
+                .map_err(|e| tls_error(format!("could not read key {}: {e}", k.display())))?;
+            b.with_client_auth_cert(chain, key)
+                .map_err(|e| tls_error(format!("client certificate {}: {e}", c.display())))?
+        }
+        _ => b.with_no_client_auth(),
+    };
+    Ok(std::sync::Arc::new(cfg))
 }
 
 /// Docker's numeric comparison of "1.44"-style versions.
@@ -84,9 +138,16 @@ impl EngineClient {
     /// Connects to `host` and negotiates the API version with `/_ping`
     /// (`$ORCA_API_VERSION`/`$DOCKER_API_VERSION` pin it instead).
     pub async fn negotiate(host: DaemonHost) -> Result<EngineClient> {
+        let tls = match &host {
+            DaemonHost::Tls { ca, cert, key, .. } => {
+                Some(tls_client_config(ca, cert.as_deref(), key.as_deref())?)
+            }
+            _ => None,
+        };
         let mut c = EngineClient {
             host,
             api_version: CLIENT_API_VERSION.to_string(),
+            tls,
         };
         let pinned = std::env::var("ORCA_API_VERSION")
             .or_else(|_| std::env::var("DOCKER_API_VERSION"))
@@ -129,6 +190,30 @@ impl EngineClient {
         Ok(match &self.host {
             DaemonHost::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.map_err(err)?),
             DaemonHost::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await.map_err(err)?),
+            DaemonHost::Tls { addr, .. } => {
+                let cfg = self
+                    .tls
+                    .clone()
+                    .ok_or_else(|| tls_error("TLS host without a TLS configuration".into()))?;
+                let tcp = tokio::net::TcpStream::connect(addr).await.map_err(err)?;
+                let _ = tcp.set_nodelay(true);
+                let host = match addr.rsplit_once(':') {
+                    Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+                    None => addr.as_str(),
+                };
+                let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| tls_error(format!("invalid TLS server name {host:?}: {e}")))?;
+                let s = tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| {
+                        tls_error(format!(
+                            "TLS handshake with {} failed: {e}",
+                            self.host.display()
+                        ))
+                    })?;
+                Box::new(s)
+            }
         })
     }
 
@@ -175,7 +260,24 @@ impl EngineClient {
         let req = req
             .body(Full::new(body))
             .map_err(|e| CliError::Protocol(format!("cannot build request: {e}")))?;
-        Ok(sender.send_request(req).await?)
+        match sender.send_request(req).await {
+            Ok(r) => Ok(r),
+            // TLS 1.3: a refused client certificate arrives as an alert on
+            // the first read, after the handshake; say so.
+            Err(e) if self.tls.is_some() => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                Err(tls_error(format!(
+                    "TLS connection to {} failed: {msg}",
+                    self.host.display()
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Sends a request and turns an error status into [`CliError::Daemon`].

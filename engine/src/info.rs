@@ -155,7 +155,8 @@ pub async fn info(e: &Engine) -> Value {
         "ContainerdCommit": {"ID": crev, "Expected": crev},
         "RuncCommit": {"ID": "", "Expected": ""},
         "InitCommit": {"ID": "", "Expected": ""},
-        "SecurityOptions": [],
+        // Every non-privileged container gets Docker's default profile.
+        "SecurityOptions": ["name=seccomp,profile=builtin"],
         "Warnings": [
             format!(
                 "orcad on containerd {cv} (namespace {:?}): containers get a loopback-only network namespace (no bridge networking yet)",
