@@ -319,7 +319,7 @@ impl Drop for RootfsMount {
     }
 }
 
-fn mount_one(m: &orca_proto::types::Mount, target: &Path, rw: bool) -> Result<()> {
+pub(crate) fn mount_one(m: &orca_proto::types::Mount, target: &Path, rw: bool) -> Result<()> {
     use nix::mount::{mount, MsFlags};
     let err = |e: nix::Error| EngineError::internal(format!("mounting the rootfs: {e}"));
     match m.r#type.as_str() {

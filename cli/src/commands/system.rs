@@ -297,10 +297,16 @@ pub async fn df(client: &EngineClient, format: Option<&str>) -> Result<i32> {
         .iter()
         .filter(|c| str_of(c, "State") == "running")
         .count();
-    let vol_size: i64 = volumes
+    let ct_reclaim: i64 = containers
         .iter()
-        .map(|v| v["UsageData"]["Size"].as_i64().unwrap_or(0).max(0))
+        .filter(|c| str_of(c, "State") != "running")
+        .map(|c| c["SizeRw"].as_i64().unwrap_or(0))
         .sum();
+    let vol_used = |v: &Value| v["UsageData"]["RefCount"].as_i64().unwrap_or(0) > 0;
+    let vol_bytes = |v: &Value| v["UsageData"]["Size"].as_i64().unwrap_or(0).max(0);
+    let vol_size: i64 = volumes.iter().map(vol_bytes).sum();
+    let vol_active = volumes.iter().filter(|v| vol_used(v)).count();
+    let vol_reclaim: i64 = volumes.iter().filter(|v| !vol_used(v)).map(vol_bytes).sum();
     let pct = |part: i64, total: i64| {
         if total > 0 {
             format!("{} ({}%)", human_size(part as f64), part * 100 / total)
@@ -312,9 +318,9 @@ pub async fn df(client: &EngineClient, format: Option<&str>) -> Result<i32> {
         json!({"Type": "Images", "TotalCount": images.len().to_string(), "Active": img_active.to_string(),
                "Size": human_size(img_size as f64), "Reclaimable": pct(img_reclaim, img_size)}),
         json!({"Type": "Containers", "TotalCount": containers.len().to_string(), "Active": ct_active.to_string(),
-               "Size": human_size(ct_size as f64), "Reclaimable": human_size(0.0)}),
-        json!({"Type": "Local Volumes", "TotalCount": volumes.len().to_string(), "Active": "0",
-               "Size": human_size(vol_size as f64), "Reclaimable": human_size(vol_size as f64)}),
+               "Size": human_size(ct_size as f64), "Reclaimable": pct(ct_reclaim, ct_size)}),
+        json!({"Type": "Local Volumes", "TotalCount": volumes.len().to_string(), "Active": vol_active.to_string(),
+               "Size": human_size(vol_size as f64), "Reclaimable": pct(vol_reclaim, vol_size)}),
     ];
     let f = OutputFormat::parse(
         format,
