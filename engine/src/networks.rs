@@ -1,26 +1,33 @@
-//! User-defined networks as **records only** (`<data-root>/networks/<id>.json`):
-//! the minimum of Docker's network API docker-compose needs (create,
-//! inspect, list with filters, remove, and joining at container create via
-//! `NetworkingConfig`). No bridge, veth, address or DNS is set up: containers
-//! keep their loopback-only network namespace, and inspect shows no
-//! addresses, so nothing claims connectivity orcad does not provide.
-//! Drivers other than `bridge`, IPAM subnets, IPv6, driver options and
-//! connect/disconnect of existing containers answer 501.
+//! Networks: the records (`<data-root>/networks/<id>.json`, with each
+//! network's subnet, gateway, bridge and allocated addresses) and the
+//! bridge driver behind them ([`crate::network`]): the default `bridge`
+//! network (unless `--bridge none`) and user-defined bridge networks get a
+//! Linux bridge, a subnet, iptables rules and (user-defined only) an
+//! embedded DNS responder; containers get veth interfaces, addresses and
+//! published ports at start, released at exit. Drivers other than `bridge`,
+//! IPv6, IPAM options/ranges and driver options answer 501.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tracing::info;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
 
+use crate::containers::{Endpoint, Record};
 use crate::error::{EngineError, Result};
 use crate::events::{parse_filters, EventBus};
+use crate::network::ipam::{self, Subnet};
+use crate::network::iptables::Chains;
+use crate::network::portmap::{self, Mapping};
+use crate::network::{dns, link, NetConfig};
 use crate::util;
 
-/// Names dockerd predefines (orcad does not create them, but refuses them).
+/// Names dockerd predefines (refused for user-defined networks).
 pub const PREDEFINED: &[&str] = &["bridge", "host", "none", "default"];
 
 /// One network record.
@@ -36,19 +43,69 @@ pub struct Network {
     pub attachable: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The default `bridge` network (not user-defined).
+    #[serde(default)]
+    pub predefined: bool,
+    /// `a.b.c.0/len`.
+    #[serde(default)]
+    pub subnet: String,
+    #[serde(default)]
+    pub gateway: String,
+    /// The Linux bridge's name.
+    #[serde(default)]
+    pub bridge: String,
+    /// Subnet/gateway came from the user's IPAM config.
+    #[serde(default)]
+    pub ipam_config: bool,
+    /// Allocated container addresses: address → container ID.
+    #[serde(default)]
+    pub allocated: BTreeMap<String, String>,
 }
 
-/// The network store.
+impl Network {
+    fn subnet(&self) -> Option<Subnet> {
+        self.subnet.parse().ok()
+    }
+    fn gateway(&self) -> Option<Ipv4Addr> {
+        self.gateway.parse().ok()
+    }
+}
+
+/// DNS names per network: network ID → container ID → (names, address).
+type NameTable = HashMap<String, HashMap<String, (Vec<String>, Ipv4Addr)>>;
+
+/// The network store and bridge driver.
 pub struct Networks {
     dir: PathBuf,
     map: Mutex<HashMap<String, Network>>,
     events: Arc<EventBus>,
+    pub cfg: NetConfig,
+    host: link::Host,
+    chains: Option<Chains>,
+    /// The chains are set up lazily, with the first network brought up (a
+    /// daemon without networks touches no iptables rule).
+    chains_ready: Mutex<bool>,
+    mtu: u32,
+    /// Serializes subnet choice (create) with record insertion.
+    create_lock: tokio::sync::Mutex<()>,
+    /// Userland proxies by container ID.
+    proxies: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
+    /// DNS responders by network ID.
+    dns: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
+    names: Arc<Mutex<NameTable>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Networks {
-    /// Loads the records under `<data-root>/networks`.
-    pub fn new(
+    /// Loads the records under `<data-root>/networks`, sets up orcad's
+    /// iptables chains, the default bridge (unless `--bridge none`) and the
+    /// bridges, rules and DNS responders of every network.
+    pub async fn new(
         data_root: &std::path::Path,
+        cfg: NetConfig,
         events: Arc<EventBus>,
     ) -> anyhow::Result<Arc<Networks>> {
         let dir = data_root.join("networks");
@@ -67,24 +124,230 @@ impl Networks {
                     map.insert(n.id.clone(), n);
                 }
                 Err(e) => {
-                    tracing::warn!(path = %p.display(), "skipping unreadable network record: {e}")
+                    warn!(path = %p.display(), "skipping unreadable network record: {e}")
                 }
             }
         }
-        Ok(Arc::new(Networks {
+        let host = link::Host::connect()?;
+        let chains = if cfg.iptables {
+            crate::network::iptables::available().map_err(|e| {
+                anyhow::anyhow!(
+                    "iptables does not work here ({e}); start orcad with --iptables=false"
+                )
+            })?;
+            Some(Chains::new(&cfg.chain))
+        } else {
+            None
+        };
+        let mtu = host.default_mtu().await;
+        let nets = Arc::new(Networks {
             dir,
             map: Mutex::new(map),
             events,
-        }))
+            cfg,
+            host,
+            chains,
+            chains_ready: Mutex::new(false),
+            mtu,
+            create_lock: tokio::sync::Mutex::new(()),
+            proxies: Mutex::new(HashMap::new()),
+            dns: Mutex::new(HashMap::new()),
+            names: Arc::new(Mutex::new(HashMap::new())),
+        });
+        nets.setup_default_bridge().await?;
+        for n in nets.all() {
+            if let Err(e) = nets.bring_up(&n).await {
+                warn!(network = %n.name, "cannot set up network: {e}");
+            }
+        }
+        info!(bridge = %nets.cfg.bridge, mtu, iptables = nets.chains.is_some(), "networking ready");
+        Ok(nets)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Network>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn save(&self, n: &Network) -> Result<()> {
+        let data = serde_json::to_vec_pretty(n).map_err(EngineError::internal)?;
+        util::write_atomic(&self.dir.join(format!("{}.json", n.id)), &data)?;
+        Ok(())
+    }
+
+    /// The default `bridge` network record: created (or its subnet
+    /// changed to `--bip`) unless `--bridge none`, which removes it.
+    async fn setup_default_bridge(&self) -> anyhow::Result<()> {
+        let existing = self.all().into_iter().find(|n| n.predefined);
+        if self.cfg.bridge == "none" {
+            if let Some(n) = existing {
+                lock(&self.map).remove(&n.id);
+                let _ = fs::remove_file(self.dir.join(format!("{}.json", n.id)));
+            }
+            return Ok(());
+        }
+        let (gw, sn) = match &self.cfg.bip {
+            Some(b) => ipam::parse_bip(b).map_err(|e| anyhow::anyhow!(e))?,
+            None => match existing
+                .as_ref()
+                .and_then(|n| Some((n.gateway()?, n.subnet()?)))
+            {
+                Some(x) => x,
+                None => {
+                    let sn = self.pick_subnet().await?;
+                    (sn.first_host(), sn)
+                }
+            },
+        };
+        let mut n = existing.unwrap_or_else(|| Network {
+            id: util::random_hex(32),
+            name: "bridge".into(),
+            created: util::now(),
+            driver: "bridge".into(),
+            internal: false,
+            attachable: false,
+            labels: BTreeMap::new(),
+            predefined: true,
+            subnet: String::new(),
+            gateway: String::new(),
+            bridge: String::new(),
+            ipam_config: false,
+            allocated: BTreeMap::new(),
+        });
+        if n.subnet != sn.to_string() || n.gateway != gw.to_string() || n.bridge != self.cfg.bridge
+        {
+            if !n.bridge.is_empty() && n.bridge != self.cfg.bridge {
+                let _ = self.host.delete(&n.bridge).await;
+            }
+            n.subnet = sn.to_string();
+            n.gateway = gw.to_string();
+            n.bridge = self.cfg.bridge.clone();
+            n.allocated
+                .retain(|ip, _| ip.parse().is_ok_and(|ip| sn.contains(ip)));
+        }
+        self.save(&n)?;
+        lock(&self.map).insert(n.id.clone(), n);
+        Ok(())
+    }
+
+    /// The first pool subnet not used on the host nor by a network.
+    async fn pick_subnet(&self) -> Result<Subnet> {
+        let mut used = self.host.used_subnets().await?;
+        used.extend(lock(&self.map).values().filter_map(|n| n.subnet()));
+        ipam::candidates(&self.cfg.pools)
+            .into_iter()
+            .find(|c| !used.iter().any(|u| u.overlaps(c)))
+            .ok_or_else(|| {
+                EngineError::Forbidden(
+                    "could not find an available, non-overlapping IPv4 address pool among the defaults to assign to the network".into(),
+                )
+            })
+    }
+
+    /// Bridge, iptables rules and DNS responder of `n` (idempotent).
+    async fn bring_up(&self, n: &Network) -> Result<()> {
+        let (Some(sn), Some(gw)) = (n.subnet(), n.gateway()) else {
+            return Err(EngineError::internal(format!(
+                "network {} has no subnet (a record from an older orcad: remove and create it again)",
+                n.name
+            )));
+        };
+        self.ensure_chains()?;
+        let created = self.host.ensure_bridge(&n.bridge, gw, &sn).await?;
+        let res = async {
+            if let Some(c) = &self.chains {
+                for r in c.network_rules(&n.bridge, &n.subnet, n.internal) {
+                    r.add()?;
+                }
+            }
+            if !n.predefined {
+                self.start_dns(n, gw).await;
+            }
+            Ok::<(), EngineError>(())
+        }
+        .await;
+        if let Err(e) = res {
+            self.bring_down(n).await;
+            if !created {
+                // keep what existed before
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Removes the DNS responder, rules and bridge of `n`.
+    async fn bring_down(&self, n: &Network) {
+        if let Some(hs) = lock(&self.dns).remove(&n.id) {
+            hs.iter().for_each(|h| h.abort());
+        }
+        lock(&self.names).remove(&n.id);
+        if let Some(c) = &self.chains {
+            for r in c.network_rules(&n.bridge, &n.subnet, n.internal) {
+                r.del();
+            }
+        }
+        if let Err(e) = self.host.delete(&n.bridge).await {
+            warn!(bridge = %n.bridge, "cannot delete bridge: {e}");
+        }
+    }
+
+    /// Creates (flushing stale rules) and hooks in orcad's chains once.
+    fn ensure_chains(&self) -> Result<()> {
+        let Some(c) = &self.chains else { return Ok(()) };
+        let mut ready = lock(&self.chains_ready);
+        if !*ready {
+            c.setup()?;
+            *ready = true;
+        }
+        Ok(())
+    }
+
+    async fn start_dns(&self, n: &Network, gw: Ipv4Addr) {
+        if lock(&self.dns).contains_key(&n.id) {
+            return;
+        }
+        let names = self.names.clone();
+        let id = n.id.clone();
+        let resolver: dns::Resolver = Arc::new(move |q: &str| {
+            let t = lock(&names);
+            let ips: Vec<Ipv4Addr> = t
+                .get(&id)?
+                .values()
+                .filter(|(ns, _)| ns.iter().any(|x| x == q))
+                .map(|(_, ip)| *ip)
+                .collect();
+            (!ips.is_empty()).then_some(ips)
+        });
+        match dns::serve(gw, resolver).await {
+            Ok(hs) => {
+                lock(&self.dns).insert(n.id.clone(), hs);
+            }
+            Err(e) => warn!(network = %n.name, %gw, "cannot start the DNS responder: {e}"),
+        }
+    }
+
+    /// A clean daemon shutdown (not live-restore): DNS responders and
+    /// proxies stop, bridges and iptables chains are removed (they come back
+    /// at the next start).
+    pub async fn shutdown(&self, live_restore: bool) {
+        if live_restore {
+            return;
+        }
+        for (_, hs) in lock(&self.proxies).drain() {
+            hs.iter().for_each(|h| h.abort());
+        }
+        for n in self.all() {
+            self.bring_down(&n).await;
+        }
+        if let Some(c) = &self.chains {
+            let mut ready = lock(&self.chains_ready);
+            if *ready {
+                c.teardown();
+                *ready = false;
+            }
+        }
+        info!("networking torn down");
     }
 
     /// By full ID, exact name, or unique ID prefix (dockerd's order).
     pub fn lookup(&self, key: &str) -> Result<Network> {
-        let map = self.lock();
+        let map = lock(&self.map);
         if let Some(n) = map.get(key) {
             return Ok(n.clone());
         }
@@ -106,7 +369,7 @@ impl Networks {
     }
 
     /// POST /networks/create: `{"Id", "Warning"}`.
-    pub fn create(&self, body: &Value) -> Result<Value> {
+    pub async fn create(&self, body: &Value) -> Result<Value> {
         if !body.is_object() {
             return Err(EngineError::BadRequest("invalid network config".into()));
         }
@@ -123,7 +386,7 @@ impl Networks {
         }
         let ni = |what: &str| {
             Err(EngineError::NotImplemented(format!(
-                "{what} is not implemented in orcad yet (networks are records only)"
+                "{what} is not implemented in orcad yet"
             )))
         };
         let driver = body["Driver"].as_str().unwrap_or("");
@@ -138,12 +401,66 @@ impl Networks {
             Value::String(s) => !s.is_empty(),
             Value::Number(_) => true,
         };
-        if nonempty(&body["IPAM"]["Config"]) || nonempty(&body["IPAM"]["Options"]) {
-            return ni("IPAM configuration (subnets, ranges, gateways)");
+        if nonempty(&body["IPAM"]["Options"]) {
+            return ni("IPAM options");
         }
         match body["IPAM"]["Driver"].as_str().unwrap_or("") {
             "" | "default" => {}
             d => return ni(&format!("IPAM driver {d:?}")),
+        }
+        // IPAM Config: one IPv4 entry with Subnet (and Gateway).
+        let mut wanted: Option<(Subnet, Option<Ipv4Addr>)> = None;
+        match &body["IPAM"]["Config"] {
+            Value::Null => {}
+            Value::Array(a) if a.is_empty() => {}
+            Value::Array(a) if a.len() == 1 => {
+                let c = &a[0];
+                for k in ["IPRange", "AuxiliaryAddresses", "AuxAddress"] {
+                    if nonempty(&c[k]) {
+                        return ni(&format!("IPAM {k}"));
+                    }
+                }
+                let s = c["Subnet"].as_str().unwrap_or("");
+                if s.is_empty() {
+                    if nonempty(&c["Gateway"]) {
+                        return Err(EngineError::BadRequest(
+                            "a gateway needs a subnet in the IPAM config".into(),
+                        ));
+                    }
+                } else {
+                    let sn: Subnet = s.parse().map_err(|e: String| {
+                        if s.contains(':') {
+                            EngineError::NotImplemented(
+                                "IPv6 subnets are not implemented in orcad yet".into(),
+                            )
+                        } else {
+                            EngineError::BadRequest(e)
+                        }
+                    })?;
+                    if sn.len > 30 || sn.len < 8 {
+                        return Err(EngineError::BadRequest(format!(
+                            "subnet {s}: the prefix length must be between 8 and 30"
+                        )));
+                    }
+                    let gw = match c["Gateway"].as_str().unwrap_or("") {
+                        "" => None,
+                        g => {
+                            let ip: Ipv4Addr = g.parse().map_err(|_| {
+                                EngineError::BadRequest(format!("invalid gateway address {g:?}"))
+                            })?;
+                            if !sn.contains(ip) || ip == sn.addr {
+                                return Err(EngineError::BadRequest(format!(
+                                    "no matching subnet for gateway {g}"
+                                )));
+                            }
+                            Some(ip)
+                        }
+                    };
+                    wanted = Some((sn, gw));
+                }
+            }
+            Value::Array(_) => return ni("several IPAM configs per network"),
+            _ => return Err(EngineError::BadRequest("IPAM.Config must be a list".into())),
         }
         for (k, what) in [
             ("EnableIPv6", "IPv6 networks"),
@@ -167,36 +484,61 @@ impl Networks {
             v => serde_json::from_value(v.clone())
                 .map_err(|e| EngineError::BadRequest(format!("Labels: {e}")))?,
         };
-        let net = {
-            let mut map = self.lock();
-            if map.values().any(|n| n.name == name) {
-                return Err(EngineError::Conflict(format!(
-                    "network with name {name} already exists"
-                )));
+        let _guard = self.create_lock.lock().await;
+        if lock(&self.map).values().any(|n| n.name == name) {
+            return Err(EngineError::Conflict(format!(
+                "network with name {name} already exists"
+            )));
+        }
+        let (sn, gw, ipam_config) = match wanted {
+            Some((sn, gw)) => {
+                let others = lock(&self.map)
+                    .values()
+                    .filter_map(|n| n.subnet())
+                    .collect::<Vec<_>>();
+                if others.iter().any(|o| o.overlaps(&sn)) {
+                    return Err(EngineError::Forbidden(format!(
+                        "Pool overlaps with other one on this address space ({sn})"
+                    )));
+                }
+                (sn, gw.unwrap_or_else(|| sn.first_host()), true)
             }
-            let net = Network {
-                id: util::random_hex(32),
-                name: name.clone(),
-                created: util::now(),
-                driver: "bridge".into(),
-                internal: body["Internal"].as_bool().unwrap_or(false),
-                attachable: body["Attachable"].as_bool().unwrap_or(false),
-                labels,
-            };
-            let data = serde_json::to_vec_pretty(&net).map_err(EngineError::internal)?;
-            util::write_atomic(&self.dir.join(format!("{}.json", net.id)), &data)?;
-            map.insert(net.id.clone(), net.clone());
-            net
+            None => {
+                let sn = self.pick_subnet().await?;
+                (sn, sn.first_host(), false)
+            }
         };
-        info!(id = %net.id, name = %net.name, "created network (record only)");
+        let id = util::random_hex(32);
+        let net = Network {
+            bridge: format!("br-{}", &id[..12]),
+            id,
+            name: name.clone(),
+            created: util::now(),
+            driver: "bridge".into(),
+            internal: body["Internal"].as_bool().unwrap_or(false),
+            attachable: body["Attachable"].as_bool().unwrap_or(false),
+            labels,
+            predefined: false,
+            subnet: sn.to_string(),
+            gateway: gw.to_string(),
+            ipam_config,
+            allocated: BTreeMap::new(),
+        };
+        self.bring_up(&net).await?;
+        if let Err(e) = self.save(&net) {
+            self.bring_down(&net).await;
+            return Err(e);
+        }
+        lock(&self.map).insert(net.id.clone(), net.clone());
+        info!(id = %net.id, name = %net.name, subnet = %net.subnet, bridge = %net.bridge, "created network");
         self.events.network("create", &net.id, &net.name, &[]);
         Ok(json!({"Id": net.id, "Warning": ""}))
     }
 
     /// DELETE /networks/{id}; `in_use` names a running container attached.
-    pub fn remove(&self, key: &str, in_use: impl Fn(&str) -> Option<String>) -> Result<()> {
+    pub async fn remove(&self, key: &str, in_use: impl Fn(&str) -> Option<String>) -> Result<()> {
         let net = self.lookup(key)?;
-        if PREDEFINED.contains(&net.name.as_str()) {
+        if net.predefined || PREDEFINED.contains(&net.name.as_str()) {
             return Err(EngineError::Forbidden(format!(
                 "{} is a pre-defined network and cannot be removed",
                 net.name
@@ -208,12 +550,13 @@ impl Networks {
                 net.name, net.id
             )));
         }
-        self.lock().remove(&net.id);
+        lock(&self.map).remove(&net.id);
         match fs::remove_file(self.dir.join(format!("{}.json", net.id))) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
+        self.bring_down(&net).await;
         info!(id = %net.id, name = %net.name, "removed network");
         self.events.network("destroy", &net.id, &net.name, &[]);
         Ok(())
@@ -221,13 +564,23 @@ impl Networks {
 
     /// All records, by name.
     pub fn all(&self) -> Vec<Network> {
-        let mut v: Vec<Network> = self.lock().values().cloned().collect();
+        let mut v: Vec<Network> = lock(&self.map).values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
+    /// The default bridge network, when enabled.
+    pub fn default_bridge(&self) -> Option<Network> {
+        lock(&self.map).values().find(|n| n.predefined).cloned()
+    }
+
     /// Docker's network JSON; `containers` is the `Containers` map.
     pub fn to_json(n: &Network, containers: Value) -> Value {
+        let mut opts = json!({});
+        if n.predefined {
+            opts = json!({"com.docker.network.bridge.default_bridge": "true",
+                          "com.docker.network.bridge.name": n.bridge});
+        }
         json!({
             "Name": n.name,
             "Id": n.id,
@@ -235,14 +588,15 @@ impl Networks {
             "Scope": "local",
             "Driver": n.driver,
             "EnableIPv6": false,
-            "IPAM": {"Driver": "default", "Options": null, "Config": []},
+            "IPAM": {"Driver": "default", "Options": null,
+                     "Config": if n.subnet.is_empty() { json!([]) } else { json!([{"Subnet": n.subnet, "Gateway": n.gateway}]) }},
             "Internal": n.internal,
             "Attachable": n.attachable,
             "Ingress": false,
             "ConfigFrom": {"Network": ""},
             "ConfigOnly": false,
             "Containers": containers,
-            "Options": {},
+            "Options": opts,
             "Labels": n.labels,
         })
     }
@@ -274,10 +628,12 @@ impl Networks {
                 ok("name", &|v| n.name.contains(v))
                     && ok("id", &|v| n.id.starts_with(v))
                     && ok("driver", &|v| v == n.driver)
-                    && ok("type", &|v| v == "custom")
+                    && ok("type", &|v| {
+                        v == if n.predefined { "builtin" } else { "custom" }
+                    })
                     && ok("scope", &|v| v == "local")
                     && ok("dangling", &|v| {
-                        (v == "true" || v == "1") != attached(&n.id)
+                        (v == "true" || v == "1") != (attached(&n.id) || n.predefined)
                     })
                     && f.get("label").is_none_or(|vals| {
                         vals.iter().all(|l| match l.split_once('=') {
@@ -288,6 +644,450 @@ impl Networks {
             })
             .collect())
     }
+
+    // ---- container endpoints ----
+
+    /// Allocates an address on each network `rec` joins (before the task
+    /// exists). On failure nothing stays allocated.
+    pub fn allocate(&self, rec: &mut Record) -> Result<()> {
+        let id = rec.id.clone();
+        let mut done: Vec<(String, String)> = Vec::new();
+        let mut res = Ok(());
+        for (name, ep) in rec.networks.iter_mut() {
+            if let Err(e) = self.allocate_one(&id, name, ep) {
+                res = Err(e);
+                break;
+            }
+            done.push((ep.network_id.clone(), ep.ip.clone()));
+        }
+        if res.is_err() {
+            for (nid, ip) in done {
+                self.free_ip(&nid, &ip, &id);
+            }
+            for ep in rec.networks.values_mut() {
+                clear_endpoint(ep);
+            }
+        }
+        res
+    }
+
+    fn allocate_one(&self, cid: &str, name: &str, ep: &mut Endpoint) -> Result<()> {
+        let mut map = lock(&self.map);
+        let n = map
+            .get_mut(&ep.network_id)
+            .ok_or_else(|| EngineError::NotFound(format!("network {name} not found")))?;
+        let (Some(sn), Some(gw)) = (n.subnet(), n.gateway()) else {
+            return Err(EngineError::internal(format!(
+                "network {name} has no subnet"
+            )));
+        };
+        // An address still recorded for this container (orcad restart).
+        let ip = match n.allocated.iter().find(|(_, c)| *c == cid) {
+            Some((ip, _)) => ip.parse().map_err(EngineError::internal)?,
+            None => sn.allocate(gw, &n.allocated).ok_or_else(|| {
+                EngineError::Internal(format!(
+                    "no available IPv4 address on network {name} ({sn})"
+                ))
+            })?,
+        };
+        n.allocated.insert(ip.to_string(), cid.to_string());
+        let snapshot = n.clone();
+        drop(map);
+        if let Err(e) = self.save(&snapshot) {
+            self.free_ip(&snapshot.id, &ip.to_string(), cid);
+            return Err(e);
+        }
+        ep.ip = ip.to_string();
+        ep.prefix_len = sn.len;
+        ep.gateway = gw.to_string();
+        ep.mac = ipam::mac_string(&ipam::mac_for(ip));
+        ep.endpoint_id = util::random_hex(32);
+        Ok(())
+    }
+
+    fn free_ip(&self, nid: &str, ip: &str, cid: &str) {
+        let snapshot = {
+            let mut map = lock(&self.map);
+            let Some(n) = map.get_mut(nid) else { return };
+            if n.allocated.get(ip).map(String::as_str) != Some(cid) {
+                return;
+            }
+            n.allocated.remove(ip);
+            n.clone()
+        };
+        if let Err(e) = self.save(&snapshot) {
+            warn!(network = %snapshot.name, "cannot save the network record: {e}");
+        }
+    }
+
+    /// /etc/hosts and /etc/resolv.conf of `rec` for its network mode and
+    /// addresses (written in place: they are bind-mounted).
+    pub fn write_files(&self, rec: &Record) -> Result<()> {
+        let mode = rec.host_config["NetworkMode"].as_str().unwrap_or("");
+        let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        if mode == "host" {
+            fs::write(&rec.hosts_path, fs::read("/etc/hosts").unwrap_or_default())?;
+            fs::write(&rec.resolv_conf_path, host_resolv)?;
+            return Ok(());
+        }
+        let hn = &rec.config.hostname;
+        let own = rec
+            .networks
+            .values()
+            .find(|e| !e.ip.is_empty())
+            .map(|e| e.ip.clone())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        fs::write(
+            &rec.hosts_path,
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+                 fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+                 ff02::2\tip6-allrouters\n{own}\t{hn}\n"
+            ),
+        )?;
+        // On a user-defined network the embedded DNS (its gateway) answers;
+        // otherwise the host's non-loopback nameservers (loopback ones
+        // would point into the container itself).
+        let dns_gw = {
+            let map = lock(&self.map);
+            rec.networks
+                .values()
+                .filter_map(|e| map.get(&e.network_id))
+                .find(|n| !n.predefined && lock(&self.dns).contains_key(&n.id))
+                .map(|n| n.gateway.clone())
+        };
+        let mut resolv: String = host_resolv
+            .lines()
+            .filter(|l| {
+                let mut w = l.split_whitespace();
+                match w.next() {
+                    Some("nameserver") => {
+                        dns_gw.is_none()
+                            && !w
+                                .next()
+                                .is_some_and(|a| a.starts_with("127.") || a == "::1")
+                    }
+                    _ => true,
+                }
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if let Some(gw) = dns_gw {
+            resolv = format!("nameserver {gw}\n{resolv}");
+        }
+        fs::write(&rec.resolv_conf_path, resolv)?;
+        Ok(())
+    }
+
+    /// After `Tasks.Create`: a veth per network into the task's namespace
+    /// (`eth0`, `eth1`…; the default route via the first), then the
+    /// published ports. On failure everything done here is undone.
+    pub async fn attach_task(&self, rec: &mut Record, pid: u32) -> Result<()> {
+        let cid = rec.id.clone();
+        let names = dns_names(rec);
+        let mut done: Vec<String> = Vec::new();
+        let mut res: Result<()> = Ok(());
+        let mut first = true;
+        for (i, (name, ep)) in rec.networks.iter_mut().enumerate() {
+            match self
+                .attach_one(name, ep, pid, &format!("eth{i}"), first)
+                .await
+            {
+                Ok(()) => {
+                    done.push(ep.veth.clone());
+                    lock(&self.names)
+                        .entry(ep.network_id.clone())
+                        .or_default()
+                        .insert(
+                            cid.clone(),
+                            (
+                                names.clone(),
+                                ep.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
+                            ),
+                        );
+                    first = false;
+                }
+                Err(e) => {
+                    res = Err(e);
+                    break;
+                }
+            }
+        }
+        if res.is_ok() {
+            match self.publish(rec).await {
+                Ok(maps) => rec.ports = maps,
+                Err(e) => res = Err(e),
+            }
+        }
+        if let Err(e) = res {
+            for v in done {
+                let _ = self.host.delete(&v).await;
+            }
+            for t in lock(&self.names).values_mut() {
+                t.remove(&cid);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn attach_one(
+        &self,
+        name: &str,
+        ep: &mut Endpoint,
+        pid: u32,
+        ifname: &str,
+        default_route: bool,
+    ) -> Result<()> {
+        let net = self.lookup(&ep.network_id)?;
+        let ip: Ipv4Addr = ep.ip.parse().map_err(|_| {
+            EngineError::internal(format!("no address allocated on network {name}"))
+        })?;
+        let gw: Ipv4Addr = ep.gateway.parse().map_err(EngineError::internal)?;
+        let ns_path = format!("/proc/{pid}/ns/net");
+        let open = || {
+            fs::File::open(&ns_path)
+                .map_err(|e| EngineError::internal(format!("open {ns_path}: {e}")))
+        };
+        let suffix = util::random_hex(4)[..7].to_string();
+        let host_name = format!("veth{suffix}");
+        let tmp = format!("orc{suffix}");
+        self.host
+            .veth_into(&host_name, &tmp, &net.bridge, self.mtu, &open()?)
+            .await?;
+        let inside = link::Inside {
+            tmp_name: tmp,
+            ifname: ifname.to_string(),
+            mac: ipam::mac_for(ip),
+            ip,
+            prefix: ep.prefix_len,
+            gateway: default_route.then_some(gw),
+        };
+        if let Err(e) = link::configure_inside(open()?, inside).await {
+            let _ = self.host.delete(&host_name).await;
+            return Err(e.into());
+        }
+        ep.veth = host_name;
+        ep.ifname = ifname.to_string();
+        Ok(())
+    }
+
+    /// Binds and forwards the ports `rec` publishes (to its first
+    /// address); on failure the ones already done are undone.
+    async fn publish(&self, rec: &Record) -> Result<Vec<Mapping>> {
+        let wanted = portmap::wanted(&rec.host_config, &exposed(rec))?;
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some((_, ep)) = rec.networks.iter().find(|(_, e)| !e.ip.is_empty()) else {
+            warn!(id = %rec.id, "published ports ignored: the container has no bridge network");
+            return Ok(Vec::new());
+        };
+        let br = self.lookup(&ep.network_id)?.bridge;
+        let mut maps = Vec::new();
+        for mut w in wanted {
+            if w.host_ip.is_unspecified() {
+                w.host_ip = self.cfg.ip;
+            }
+            let m = Mapping {
+                proto: w.proto.clone(),
+                container_port: w.container_port,
+                host_ip: w.host_ip.to_string(),
+                host_port: 0,
+                container_ip: ep.ip.clone(),
+                bridge: br.clone(),
+            };
+            let r = async {
+                let (bound, port) = portmap::bind(&w, self.cfg.userland_proxy).await?;
+                let m = Mapping {
+                    host_port: port,
+                    ..m
+                };
+                self.forward(&rec.id, &m, Some(bound))?;
+                Ok::<Mapping, EngineError>(m)
+            }
+            .await;
+            match r {
+                Ok(m) => maps.push(m),
+                Err(e) => {
+                    self.unpublish(&rec.id, &maps);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(maps)
+    }
+
+    /// The DNAT rule and proxy of one mapping (`bound`: its socket, or
+    /// None to bind it again after an orcad restart).
+    fn forward(&self, cid: &str, m: &Mapping, bound: Option<portmap::Bound>) -> Result<()> {
+        let dest = SocketAddr::new(
+            m.container_ip.parse().map_err(EngineError::internal)?,
+            m.container_port,
+        );
+        if let Some(c) = &self.chains {
+            c.dnat_rule(
+                &m.bridge,
+                &m.host_ip,
+                m.host_port,
+                &m.proto,
+                &dest.to_string(),
+            )
+            .add()?;
+        }
+        if let Some(b) = bound {
+            if let Some(h) = portmap::spawn_proxy(b, dest) {
+                lock(&self.proxies)
+                    .entry(cid.to_string())
+                    .or_default()
+                    .push(h);
+            }
+        }
+        Ok(())
+    }
+
+    fn unpublish(&self, cid: &str, maps: &[Mapping]) {
+        if let Some(hs) = lock(&self.proxies).remove(cid) {
+            hs.iter().for_each(|h| h.abort());
+        }
+        if let Some(c) = &self.chains {
+            for m in maps {
+                let dest = format!("{}:{}", m.container_ip, m.container_port);
+                c.dnat_rule(&m.bridge, &m.host_ip, m.host_port, &m.proto, &dest)
+                    .del();
+            }
+        }
+    }
+
+    /// At exit, rm, or a failed start: proxies and DNAT rules go, host
+    /// veths are deleted (if the namespace did not take them along),
+    /// addresses are released.
+    pub async fn release(&self, rec: &mut Record) {
+        let cid = rec.id.clone();
+        self.unpublish(&cid, &rec.ports);
+        rec.ports.clear();
+        for t in lock(&self.names).values_mut() {
+            t.remove(&cid);
+        }
+        for ep in rec.networks.values_mut() {
+            if !ep.veth.is_empty() {
+                if let Err(e) = self.host.delete(&ep.veth).await {
+                    warn!(id = %cid, veth = %ep.veth, "cannot delete veth: {e}");
+                }
+            }
+            if !ep.ip.is_empty() {
+                self.free_ip(&ep.network_id, &ep.ip, &cid);
+            }
+            clear_endpoint(ep);
+        }
+    }
+
+    /// After an orcad restart, for a container still running: DNS names,
+    /// DNAT rules and proxies come back (addresses stayed recorded).
+    pub async fn restore(&self, rec: &Record) {
+        let names = dns_names(rec);
+        for ep in rec.networks.values() {
+            if let Ok(ip) = ep.ip.parse::<Ipv4Addr>() {
+                lock(&self.names)
+                    .entry(ep.network_id.clone())
+                    .or_default()
+                    .insert(rec.id.clone(), (names.clone(), ip));
+            }
+        }
+        for m in &rec.ports {
+            let w = portmap::Wanted {
+                proto: m.proto.clone(),
+                container_port: m.container_port,
+                host_ip: m.host_ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
+                host_ports: (m.host_port, m.host_port),
+            };
+            let bound = match portmap::bind(&w, self.cfg.userland_proxy).await {
+                Ok((b, _)) => Some(b),
+                Err(e) => {
+                    warn!(id = %rec.id, "cannot re-bind published port: {e}");
+                    None
+                }
+            };
+            if let Err(e) = self.forward(&rec.id, m, bound) {
+                warn!(id = %rec.id, "cannot restore published port: {e}");
+            }
+        }
+    }
+
+    /// Connects a running container (task `pid`) to one more network.
+    pub async fn connect_running(&self, rec: &mut Record, name: &str, pid: u32) -> Result<()> {
+        let cid = rec.id.clone();
+        let names = dns_names(rec);
+        let n = rec.networks.len().saturating_sub(1);
+        let ifname = (n..64)
+            .map(|i| format!("eth{i}"))
+            .find(|f| !rec.networks.values().any(|e| &e.ifname == f))
+            .unwrap_or_else(|| format!("eth{n}"));
+        let ep = rec
+            .networks
+            .get_mut(name)
+            .ok_or_else(|| EngineError::internal("endpoint vanished"))?;
+        self.allocate_one(&cid, name, ep)?;
+        if let Err(e) = self.attach_one(name, ep, pid, &ifname, false).await {
+            self.free_ip(&ep.network_id, &ep.ip, &cid);
+            clear_endpoint(ep);
+            return Err(e);
+        }
+        lock(&self.names)
+            .entry(ep.network_id.clone())
+            .or_default()
+            .insert(cid, (names, ep.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED)));
+        Ok(())
+    }
+
+    /// Disconnects endpoint `ep` of a running container.
+    pub async fn disconnect_running(&self, cid: &str, ep: &mut Endpoint) {
+        if let Some(t) = lock(&self.names).get_mut(&ep.network_id) {
+            t.remove(cid);
+        }
+        if !ep.veth.is_empty() {
+            if let Err(e) = self.host.delete(&ep.veth).await {
+                warn!(id = %cid, "cannot delete veth {}: {e}", ep.veth);
+            }
+        }
+        if !ep.ip.is_empty() {
+            self.free_ip(&ep.network_id, &ep.ip, cid);
+        }
+        clear_endpoint(ep);
+    }
+}
+
+fn clear_endpoint(ep: &mut Endpoint) {
+    ep.ip.clear();
+    ep.prefix_len = 0;
+    ep.gateway.clear();
+    ep.mac.clear();
+    ep.endpoint_id.clear();
+    ep.veth.clear();
+    ep.ifname.clear();
+}
+
+/// The names a container answers to on its networks: name, aliases,
+/// short ID (lowercase).
+fn dns_names(rec: &Record) -> Vec<String> {
+    let mut v = vec![
+        rec.name.trim_start_matches('/').to_ascii_lowercase(),
+        rec.id[..12.min(rec.id.len())].to_string(),
+    ];
+    for ep in rec.networks.values() {
+        for a in &ep.aliases {
+            let a = a.to_ascii_lowercase();
+            if !v.contains(&a) {
+                v.push(a);
+            }
+        }
+    }
+    v
+}
+
+/// The container's ExposedPorts.
+pub fn exposed(rec: &Record) -> Value {
+    rec.config.exposed_ports.clone().unwrap_or(Value::Null)
 }
 
 /// The containers attached to network `id`: (container ID, name, running).
@@ -310,11 +1110,18 @@ fn attached(engine: &crate::Engine, id: &str) -> Vec<(String, String, bool)> {
 
 fn containers_json(engine: &crate::Engine, id: &str) -> Value {
     let mut m = serde_json::Map::new();
-    for (cid, name, running) in attached(engine, id) {
-        if running {
+    for e in engine.containers.entries() {
+        let r = e.record();
+        if !r.state.running {
+            continue;
+        }
+        for ep in r.networks.values().filter(|ep| ep.network_id == id) {
             m.insert(
-                cid,
-                json!({"Name": name, "EndpointID": "", "MacAddress": "", "IPv4Address": "", "IPv6Address": ""}),
+                r.id.clone(),
+                json!({"Name": r.name.trim_start_matches('/'), "EndpointID": ep.endpoint_id,
+                       "MacAddress": ep.mac,
+                       "IPv4Address": if ep.ip.is_empty() { String::new() } else { format!("{}/{}", ep.ip, ep.prefix_len) },
+                       "IPv6Address": ""}),
             );
         }
     }
@@ -340,11 +1147,121 @@ pub fn list_json(engine: &crate::Engine, q: &crate::util::Query) -> Result<Value
 }
 
 /// DELETE /networks/{id}: 403 while a running container uses it.
-pub fn remove(engine: &crate::Engine, key: &str) -> Result<()> {
-    engine.networks.remove(key, |id| {
-        attached(engine, id)
-            .into_iter()
-            .find(|(_, _, running)| *running)
-            .map(|(_, name, _)| name)
-    })
+pub async fn remove(engine: &crate::Engine, key: &str) -> Result<()> {
+    engine
+        .networks
+        .remove(key, |id| {
+            attached(engine, id)
+                .into_iter()
+                .find(|(_, _, running)| *running)
+                .map(|(_, name, _)| name)
+        })
+        .await
+}
+
+/// POST /networks/{id}/connect `{"Container", "EndpointConfig"}`.
+pub async fn connect(engine: &crate::Engine, key: &str, body: &Value) -> Result<()> {
+    let net = engine.networks.lookup(key)?;
+    if net.predefined && engine.networks.cfg.bridge == "none" {
+        return Err(EngineError::NotFound(format!("network {key} not found")));
+    }
+    let ckey = body["Container"].as_str().unwrap_or("");
+    let entry = engine.containers.lookup(ckey)?;
+    let _op = entry.op.lock().await;
+    let mut rec = entry.record();
+    match rec.host_config["NetworkMode"].as_str().unwrap_or("") {
+        "host" | "none" => {
+            return Err(EngineError::BadRequest(format!(
+                "container cannot be connected to network {} (network mode {})",
+                net.name,
+                rec.host_config["NetworkMode"].as_str().unwrap_or("")
+            )))
+        }
+        m if m.starts_with("container:") => {
+            return Err(EngineError::BadRequest(
+                "container sharing network namespace with another container cannot be connected to a network".into(),
+            ))
+        }
+        _ => {}
+    }
+    if rec.networks.values().any(|e| e.network_id == net.id) {
+        return Err(EngineError::Forbidden(format!(
+            "endpoint with name {} already exists in network {}",
+            rec.name.trim_start_matches('/'),
+            net.name
+        )));
+    }
+    let ec = &body["EndpointConfig"];
+    let nonempty = |v: &Value| !(v.is_null() || v == "" || v == &json!({}) || v == &json!([]));
+    if nonempty(&ec["IPAMConfig"]) || nonempty(&ec["IPAddress"]) || nonempty(&ec["Links"]) {
+        return Err(EngineError::NotImplemented(
+            "static addresses and links are not implemented in orcad yet".into(),
+        ));
+    }
+    let aliases: Vec<String> = serde_json::from_value(ec["Aliases"].clone()).unwrap_or_default();
+    rec.networks.insert(
+        net.name.clone(),
+        Endpoint {
+            network_id: net.id.clone(),
+            aliases,
+            ..Default::default()
+        },
+    );
+    let pid = rec.state.pid;
+    if rec.state.running && !rec.state.restarting && pid > 0 {
+        engine
+            .networks
+            .connect_running(&mut rec, &net.name, pid)
+            .await?;
+        let _ = engine.networks.write_files(&rec);
+    }
+    let nets = rec.networks.clone();
+    entry.with_rec(|r| r.networks = nets);
+    engine.containers.save(&entry.record())?;
+    if rec.state.running {
+        engine.events.network(
+            "connect",
+            &net.id,
+            &net.name,
+            &[("container", rec.id.clone())],
+        );
+    }
+    Ok(())
+}
+
+/// POST /networks/{id}/disconnect `{"Container", "Force"}`.
+pub async fn disconnect(engine: &crate::Engine, key: &str, body: &Value) -> Result<()> {
+    let net = engine.networks.lookup(key)?;
+    let ckey = body["Container"].as_str().unwrap_or("");
+    let entry = engine.containers.lookup(ckey)?;
+    let _op = entry.op.lock().await;
+    let mut rec = entry.record();
+    let Some(name) = rec
+        .networks
+        .iter()
+        .find(|(_, e)| e.network_id == net.id)
+        .map(|(n, _)| n.clone())
+    else {
+        return Err(EngineError::Forbidden(format!(
+            "container {} is not connected to network {}",
+            rec.id, net.name
+        )));
+    };
+    let mut ep = rec.networks.remove(&name).unwrap_or_default();
+    if rec.state.running {
+        engine.networks.disconnect_running(&rec.id, &mut ep).await;
+        let _ = engine.networks.write_files(&rec);
+    }
+    let nets = rec.networks.clone();
+    entry.with_rec(|r| r.networks = nets);
+    engine.containers.save(&entry.record())?;
+    if rec.state.running {
+        engine.events.network(
+            "disconnect",
+            &net.id,
+            &net.name,
+            &[("container", rec.id.clone())],
+        );
+    }
+    Ok(())
 }

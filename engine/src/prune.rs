@@ -184,17 +184,17 @@ pub fn build_cache() -> Value {
 /// POST /networks/prune (also what `docker system prune` calls): removes
 /// every user-defined network no running container is attached to (as
 /// dockerd: only active endpoints keep a network).
-pub fn networks(engine: &Engine, q: &Query) -> Result<Value> {
+pub async fn networks(engine: &Engine, q: &Query) -> Result<Value> {
     let f = parse_filters(q, &["label", "label!"])?;
     let mut deleted = Vec::new();
     for n in engine.networks.all() {
-        if crate::networks::PREDEFINED.contains(&n.name.as_str()) {
+        if n.predefined || crate::networks::PREDEFINED.contains(&n.name.as_str()) {
             continue;
         }
         if !labels_match(&f, |k| n.labels.get(k).cloned()) {
             continue;
         }
-        match crate::networks::remove(engine, &n.id) {
+        match crate::networks::remove(engine, &n.id).await {
             Ok(()) => deleted.push(n.name.clone()),
             Err(EngineError::Forbidden(_))
             | Err(EngineError::Conflict(_))
@@ -238,7 +238,7 @@ pub async fn df(engine: Arc<Engine>) -> Result<Value> {
         "LayersSize": layers_size,
         "Images": images,
         "Containers": containers,
-        "Volumes": [],
+        "Volumes": crate::volumes::df(&engine).await,
         "BuildCache": [],
     }))
 }
