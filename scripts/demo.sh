@@ -19,8 +19,12 @@ T=$(mktemp -d /tmp/orca-demo.XXXXXX)
 pids=()
 cleanup() {
   set +e
-  DOCKER_HOST="unix://$T/orca.sock" docker rm -f demo >/dev/null 2>&1
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  DOCKER_HOST="unix://$T/orca.sock" docker rm -f -v demo web >/dev/null 2>&1
+  DOCKER_HOST="unix://$T/orca.sock" docker volume rm demo-data >/dev/null 2>&1
+  # Newest first: orcad, then the supervisor, then the registry.
+  for ((i=${#pids[@]}-1; i>=0; i--)); do
+    kill "${pids[$i]}" 2>/dev/null; wait "${pids[$i]}" 2>/dev/null
+  done
   "$BIN/orca-runtime" --root "$T/runtime" delete -f demo >/dev/null 2>&1
   grep " $T" /proc/self/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l 2>/dev/null
   rm -rf "$T"
@@ -65,6 +69,25 @@ export DOCKER_HOST="unix://$T/orca.sock"
 echo "== docker pull / run through orcad"
 docker pull "$IMAGE"
 docker run --rm --name demo "$IMAGE" sh -c 'echo "hello from an orca container: $(hostname), pid $$"'
+
+echo "== a volume and a published port"
+docker volume create demo-data >/dev/null
+docker run --rm -v demo-data:/www "$IMAGE" sh -c 'echo "served from a volume by an orca container" > /www/index.html'
+WEB=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+docker run -d --name web -p "127.0.0.1:$WEB:80" -v demo-data:/www "$IMAGE" httpd -f -p 80 -h /www >/dev/null
+python3 - "$WEB" <<'EOP'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/index.html"
+direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+for _ in range(50):
+    try:
+        print(direct.open(url, timeout=2).read().decode().strip()); break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit(f"no answer from {url}")
+EOP
+docker rm -f web >/dev/null
 
 echo "== orca-runtime on its own"
 mkdir -p "$T/bundle"

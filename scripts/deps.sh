@@ -2,7 +2,8 @@
 # Install the Debian packages Orca's build, demo and tests need (idempotent; run as root).
 set -euo pipefail
 PKGS=(busybox-static runc crun containerd docker-registry skopeo umoci iptables
-      protobuf-compiler libseccomp-dev pkg-config gcc procps docker.io bsdutils docker-compose)
+      protobuf-compiler libseccomp-dev pkg-config gcc procps docker.io bsdutils docker-compose
+      iproute2 apache2-utils openssl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

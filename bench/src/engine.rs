@@ -1,9 +1,17 @@
-//! Figures of the engine layer: orcad against Debian's dockerd 20.10, both
-//! on the same Debian containerd 1.6 (orcad in namespace `orca`, dockerd in
-//! `moby`), both with containerd-shim-runc-v2 + runc, both driven by the
-//! same docker CLI 28 through their own sockets, with the busybox image
-//! pulled by each from the same loopback registry. Every figure starts its
-//! own stack and removes every container it made before the daemons stop.
+//! Figures of the engine layer, two families:
+//!
+//! - `engine.*` (same lower stack): orcad against Debian's dockerd 20.10, both
+//!   on the same Debian containerd 1.6 (orcad in namespace `orca`, dockerd in
+//!   `moby`), both with containerd-shim-runc-v2 + runc, both driven by the
+//!   same docker CLI 28 through their own sockets. Compares the engines only.
+//! - `engine.stack.*` (product stacks): Orca's own stack end to end — the
+//!   `orca` CLI → orcad → its managed orca-supervisor → orca-shim →
+//!   orca-runtime — against docker CLI 28 → dockerd 20.10 → containerd 1.6 →
+//!   containerd-shim-runc-v2 → runc.
+//!
+//! The busybox image is pulled by each daemon from the same loopback
+//! registry. Every figure starts its own daemons and removes every container
+//! it made before they stop.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,14 +27,52 @@ use orca_integration::{
 use crate::figure::{median, ms, timed, Ctx, Figure, Line};
 
 pub fn figures() -> Vec<Box<dyn Figure>> {
-    vec![
-        Box::new(RunRmTrue),
-        Box::new(Ps { running: 10 }),
-        Box::new(Ps { running: MANY }),
-        Box::new(ParallelStart),
-        Box::new(IdleRss),
-    ]
+    let mut v: Vec<Box<dyn Figure>> = Vec::new();
+    for stack in [false, true] {
+        v.push(Box::new(RunRmTrue { stack }));
+        v.push(Box::new(Ps { running: 10, stack }));
+        v.push(Box::new(Ps {
+            running: MANY,
+            stack,
+        }));
+        v.push(Box::new(ParallelStart { stack }));
+        v.push(Box::new(IdleRss { stack }));
+    }
+    v
 }
+
+/// Which daemon (and which CLI and lower stack) a subject is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// docker CLI → orcad → Debian containerd + runc shim + runc.
+    Orca,
+    /// orca CLI → orcad → its managed orca-supervisor → orca-shim → orca-runtime.
+    OrcaStack,
+    /// docker CLI → dockerd → Debian containerd + runc shim + runc.
+    Dockerd,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Orca => "orca",
+            Kind::OrcaStack => "orca-stack",
+            Kind::Dockerd => "dockerd",
+        }
+    }
+
+    /// The subjects of a figure: Orca's first (ratios are Orca/peer).
+    fn subjects(stack: bool) -> [Kind; 2] {
+        if stack {
+            [Kind::OrcaStack, Kind::Dockerd]
+        } else {
+            [Kind::Orca, Kind::Dockerd]
+        }
+    }
+}
+
+/// The runtime orcad gives containers in the product stack.
+const ORCA_SHIM_RUNTIME: &str = "io.containerd.orca.v2";
 
 const DOCKER_CLI: &str = "/usr/local/bin/docker";
 /// Containers for the "many" figures: 500 (the issue's number) needs ≈ 6.5
@@ -45,6 +91,7 @@ const PROXY_VARS: [&str; 6] = [
 
 /// orcad or dockerd on a temp dir, with its API socket.
 struct Daemon {
+    kind: Kind,
     name: &'static str,
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -55,23 +102,31 @@ impl Daemon {
         self.dir.path().join("api.sock")
     }
 
-    fn start(name: &'static str, containerd: &Path) -> Result<Daemon> {
+    fn start(kind: Kind, containerd: &Path) -> Result<Daemon> {
+        let name = kind.name();
         let dir = tempfile::Builder::new()
             .prefix(&format!("orca-bench-{name}-"))
             .tempdir()?;
         let t = dir.path();
         let log = fs::File::create(t.join("daemon.log"))?;
-        let mut c = if name == "orca" {
+        let mut c = if kind != Kind::Dockerd {
             let mut c = Command::new(bin_path("orcad"));
-            c.arg("--containerd")
-                .arg(containerd)
-                .arg("--data-root")
+            if kind == Kind::Orca {
+                c.arg("--containerd").arg(containerd);
+            } else {
+                // No --containerd: orcad starts and manages its own
+                // orca-supervisor (next to it), which runs orca-shim.
+                c.args(["--default-runtime", ORCA_SHIM_RUNTIME]);
+            }
+            c.arg("--data-root")
                 .arg(t.join("data"))
                 .arg("--exec-root")
                 .arg(t.join("exec"))
                 .arg("--cgroup-parent")
-                .arg(format!("/orca-bench-{}", std::process::id()))
-                .args(["--log-level", "warn"]);
+                .arg(cgroup_parent(kind))
+                // As dockerd below: no default bridge, no host firewall rules
+                // (containers keep loopback only).
+                .args(["--bridge=none", "--iptables=false", "--log-level", "warn"]);
             c
         } else {
             let mut c = Command::new(require_tool("dockerd"));
@@ -100,6 +155,7 @@ impl Daemon {
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         let mut d = Daemon {
+            kind,
             name,
             child: Some(child),
             dir,
@@ -130,13 +186,30 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// The docker CLI aimed at this daemon.
+    /// The pid of orcad's managed orca-supervisor (product stack only).
+    fn supervisor_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.dir.path().join("exec/supervisor/supervisor.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// This daemon's CLI aimed at it: the docker CLI, or for the product
+    /// stack Orca's own `orca` CLI.
     fn docker(&self) -> Command {
-        let mut c = Command::new(DOCKER_CLI);
-        c.env("DOCKER_HOST", format!("unix://{}", self.sock().display()))
-            .env("DOCKER_CONFIG", self.dir.path().join("cli"))
+        let host = format!("unix://{}", self.sock().display());
+        let mut c = if self.kind == Kind::OrcaStack {
+            let mut c = Command::new(bin_path("orca"));
+            c.env("ORCA_HOST", host).env_remove("DOCKER_HOST");
+            c
+        } else {
+            let mut c = Command::new(DOCKER_CLI);
+            c.env("DOCKER_HOST", host).env_remove("ORCA_HOST");
+            c
+        };
+        c.env("DOCKER_CONFIG", self.dir.path().join("cli"))
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_API_VERSION")
+            .env_remove("ORCA_API_VERSION")
             .stdin(Stdio::null());
         for v in PROXY_VARS {
             c.env_remove(v);
@@ -224,8 +297,8 @@ impl Drop for Daemon {
             terminate(&mut c, Duration::from_secs(15));
         }
         let _ = unmount_all_under(self.dir.path());
-        if self.name == "orca" {
-            let cg = format!("orca-bench-{}", std::process::id());
+        if self.kind != Kind::Dockerd {
+            let cg = cgroup_parent(self.kind).trim_start_matches('/').to_string();
             for sub in fs::read_dir("/sys/fs/cgroup")
                 .into_iter()
                 .flatten()
@@ -237,8 +310,13 @@ impl Drop for Daemon {
     }
 }
 
-/// containerd, the registry with busybox, orcad and dockerd, each daemon
-/// having pulled the image. Fields drop in order: daemons (they remove
+/// orcad's cgroup parent (removed when the daemon stops).
+fn cgroup_parent(kind: Kind) -> String {
+    format!("/orca-bench-{}-{}", kind.name(), std::process::id())
+}
+
+/// containerd, the registry with busybox, and the figure's two daemons,
+/// each having pulled the image. Fields drop in order: daemons (they remove
 /// their containers), then containerd, then the registry.
 struct Stack {
     daemons: Vec<Daemon>,
@@ -248,12 +326,12 @@ struct Stack {
 }
 
 impl Stack {
-    fn start() -> Result<Stack> {
+    fn start(stack: bool) -> Result<Stack> {
         let containerd = Containerd::start();
         let (registry, image) = Registry::with_busybox();
         let mut daemons = Vec::new();
-        for name in ["orca", "dockerd"] {
-            let d = Daemon::start(name, &containerd.socket())?;
+        for kind in Kind::subjects(stack) {
+            let d = Daemon::start(kind, &containerd.socket())?;
             d.docker_ok(&["pull", "-q", &image])?;
             daemons.push(d);
         }
@@ -303,76 +381,110 @@ fn interleaved(ctx: &Ctx, s: &Stack, args: &[&str], line: &mut Line) {
     }
 }
 
-/// engine.run_rm_true.median_ms
-struct RunRmTrue;
+/// Where the `# notes` say which stacks a line compares.
+fn stack_note(stack: bool) -> &'static str {
+    if stack {
+        "product stacks: orca CLI > orcad > orca-supervisor > orca-shim > orca-runtime vs docker CLI > dockerd > containerd > runc shim > runc"
+    } else {
+        "engines only: docker CLI > orcad or dockerd > same containerd + runc shim + runc"
+    }
+}
+
+/// engine[.stack].run_rm_true.median_ms
+struct RunRmTrue {
+    stack: bool,
+}
 
 impl Figure for RunRmTrue {
     fn name(&self) -> &'static str {
-        "engine.run_rm_true.median_ms"
+        if self.stack {
+            "engine.stack.run_rm_true.median_ms"
+        } else {
+            "engine.run_rm_true.median_ms"
+        }
     }
 
     fn describe(&self) -> &'static str {
-        "`docker run --rm busybox true` (CLI 28) through orcad vs dockerd 20.10, same containerd 1.6 + runc shim, interleaved"
+        if self.stack {
+            "`run --rm busybox true` through each product stack's own CLI: orca > orcad > orca-supervisor > orca-shim > orca-runtime vs docker 28 > dockerd 20.10 > containerd 1.6 > runc shim > runc, interleaved"
+        } else {
+            "`docker run --rm busybox true` (CLI 28) through orcad vs dockerd 20.10, same containerd 1.6 + runc shim, interleaved"
+        }
     }
 
     fn measure(&self, ctx: &Ctx) -> Result<Line> {
         let mut line = Line::new(self.name(), 1);
-        let s = Stack::start()?;
+        let s = Stack::start(self.stack)?;
         interleaved(ctx, &s, &["run", "--rm", &s.image, "true"], &mut line);
         line.note("target orca/dockerd <= 0.15");
+        line.note(stack_note(self.stack));
         Ok(line)
     }
 }
 
-/// engine.ps_N.median_ms
+/// engine[.stack].ps_N.median_ms
 struct Ps {
     running: usize,
+    stack: bool,
 }
 
 impl Figure for Ps {
     fn name(&self) -> &'static str {
-        if self.running == 10 {
-            "engine.ps_10.median_ms"
-        } else {
-            "engine.ps_100.median_ms"
+        match (self.running == 10, self.stack) {
+            (true, false) => "engine.ps_10.median_ms",
+            (false, false) => "engine.ps_100.median_ms",
+            (true, true) => "engine.stack.ps_10.median_ms",
+            (false, true) => "engine.stack.ps_100.median_ms",
         }
     }
 
     fn describe(&self) -> &'static str {
-        if self.running == 10 {
-            "`docker ps` with 10 running containers: orcad vs dockerd 20.10 (same containerd), interleaved"
-        } else {
-            "`docker ps` with 100 running containers (the issue asks 500: too heavy for 2 cores): orcad vs dockerd 20.10, interleaved"
+        match (self.running == 10, self.stack) {
+            (true, false) => "`docker ps` with 10 running containers: orcad vs dockerd 20.10 (same containerd), interleaved",
+            (false, false) => "`docker ps` with 100 running containers (the issue asks 500: too heavy for 2 cores): orcad vs dockerd 20.10, interleaved",
+            (true, true) => "`ps` with 10 running containers through each product stack's CLI (orca vs docker), interleaved",
+            (false, true) => "`ps` with 100 running containers through each product stack's CLI (orca vs docker), interleaved",
         }
     }
 
     fn measure(&self, ctx: &Ctx) -> Result<Line> {
         let mut line = Line::new(self.name(), 1);
-        let s = Stack::start()?;
+        let s = Stack::start(self.stack)?;
         for d in &s.daemons {
             d.start_many(&s.image, self.running, 10)?;
         }
         interleaved(ctx, &s, &["ps"], &mut line);
         line.note("target orca/dockerd <= 0.5");
+        line.note(stack_note(self.stack));
         Ok(line)
     }
 }
 
-/// engine.parallel_start_100.s
-struct ParallelStart;
+/// engine[.stack].parallel_start_100.s
+struct ParallelStart {
+    stack: bool,
+}
 
 impl Figure for ParallelStart {
     fn name(&self) -> &'static str {
-        "engine.parallel_start_100.s"
+        if self.stack {
+            "engine.stack.parallel_start_100.s"
+        } else {
+            "engine.parallel_start_100.s"
+        }
     }
 
     fn describe(&self) -> &'static str {
-        "wall time of 100 `docker run -d busybox sleep` CLIs started at once until all return (all 100 then running): orcad vs dockerd 20.10"
+        if self.stack {
+            "wall time of 100 `run -d busybox sleep` CLIs (orca vs docker) started at once until all return, product stacks"
+        } else {
+            "wall time of 100 `docker run -d busybox sleep` CLIs started at once until all return (all 100 then running): orcad vs dockerd 20.10"
+        }
     }
 
     fn measure(&self, ctx: &Ctx) -> Result<Line> {
         let mut line = Line::new(self.name(), 2);
-        let s = Stack::start()?;
+        let s = Stack::start(self.stack)?;
         for d in &s.daemons {
             match d.start_many(&s.image, 100, 100) {
                 Ok(w) => line.value(d.name, Some(w.as_secs_f64())),
@@ -385,12 +497,15 @@ impl Figure for ParallelStart {
             d.remove_all();
         }
         line.note("one sample each, daemons one after the other");
+        line.note(stack_note(self.stack));
         Ok(line)
     }
 }
 
-/// engine.idle_rss_kib
-struct IdleRss;
+/// engine[.stack].idle_rss_kib
+struct IdleRss {
+    stack: bool,
+}
 
 fn vm_rss_kib(pid: u32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -402,16 +517,24 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
 
 impl Figure for IdleRss {
     fn name(&self) -> &'static str {
-        "engine.idle_rss_kib"
+        if self.stack {
+            "engine.stack.idle_rss_kib"
+        } else {
+            "engine.idle_rss_kib"
+        }
     }
 
     fn describe(&self) -> &'static str {
-        "VmRSS of the daemon 2 s after it pulled busybox and ran one `docker run --rm true` (then idle): orcad vs dockerd 20.10"
+        if self.stack {
+            "VmRSS of orcad (its managed orca-supervisor in the notes) vs dockerd 2 s after a pull and one `run --rm true` through each one's CLI"
+        } else {
+            "VmRSS of the daemon 2 s after it pulled busybox and ran one `docker run --rm true` (then idle): orcad vs dockerd 20.10"
+        }
     }
 
     fn measure(&self, ctx: &Ctx) -> Result<Line> {
         let mut line = Line::new(self.name(), 0);
-        let s = Stack::start()?;
+        let s = Stack::start(self.stack)?;
         for d in &s.daemons {
             let r = d
                 .docker_ok(&["run", "--rm", &s.image, "true"])
@@ -429,8 +552,15 @@ impl Figure for IdleRss {
                     note_failure(ctx, &mut line, d.name, e);
                 }
             }
+            if d.kind == Kind::OrcaStack {
+                match d.supervisor_pid().and_then(vm_rss_kib) {
+                    Some(k) => line.note(format!("its orca-supervisor: {k} KiB")),
+                    None => line.note("its orca-supervisor: RSS not readable"),
+                }
+            }
         }
         line.note("one sample each; target orca <= 15360 KiB (15 MiB)");
+        line.note(stack_note(self.stack));
         Ok(line)
     }
 }

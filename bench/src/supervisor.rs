@@ -1,7 +1,10 @@
 //! Figures of the supervisor layer: orca-supervisor against Debian's
-//! containerd, both driven by the same `ctr`, with the same runc shim
-//! (`containerd-shim-runc-v2` + runc) and the same local registry, in the
-//! same run.
+//! containerd, both driven by the same `ctr`, with the same local registry,
+//! in the same run. `supervisor.run_true` gives both the same runc shim
+//! (`containerd-shim-runc-v2` + runc): it compares the supervisors only.
+//! `supervisor.stack.run_true` gives each its product stack: orca-supervisor
+//! with orca-shim (`io.containerd.orca.v2`) + orca-runtime against containerd
+//! with its default runc shim + runc. Both fixtures log at debug level.
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,10 +16,16 @@ use orca_integration::{unique_name, wait_until, Containerd, Registry, Supervisor
 use crate::figure::{median, ms, timed, Ctx, Figure, Line};
 
 pub fn figures() -> Vec<Box<dyn Figure>> {
-    vec![Box::new(RunTrue), Box::new(IdleRss), Box::new(PullUnpack)]
+    vec![
+        Box::new(RunTrue { stack: false }),
+        Box::new(RunTrue { stack: true }),
+        Box::new(IdleRss),
+        Box::new(PullUnpack),
+    ]
 }
 
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+const ORCA_RUNTIME: &str = "io.containerd.orca.v2";
 
 /// The daemon under test.
 enum Daemon {
@@ -110,42 +119,90 @@ fn both(ctx: &Ctx, line: &mut Line, mut f: impl FnMut(&Daemon) -> Result<f64>) {
     }
 }
 
-/// supervisor.run_true.median_ms
-struct RunTrue;
+/// supervisor[.stack].run_true.median_ms
+struct RunTrue {
+    /// orca-supervisor with orca-shim (else both with the runc shim).
+    stack: bool,
+}
+
+impl RunTrue {
+    fn runtime(&self, d: &Daemon) -> &'static str {
+        match d {
+            Daemon::Orca(_) if self.stack => ORCA_RUNTIME,
+            _ => RUNC_RUNTIME,
+        }
+    }
+}
 
 impl Figure for RunTrue {
     fn name(&self) -> &'static str {
-        "supervisor.run_true.median_ms"
+        if self.stack {
+            "supervisor.stack.run_true.median_ms"
+        } else {
+            "supervisor.run_true.median_ms"
+        }
     }
 
     fn describe(&self) -> &'static str {
-        "`ctr run --rm busybox true` through orca-supervisor vs Debian containerd, both with containerd-shim-runc-v2 + runc"
+        if self.stack {
+            "`ctr run --rm busybox true`, product stacks: orca-supervisor + orca-shim + orca-runtime vs Debian containerd + containerd-shim-runc-v2 + runc, interleaved"
+        } else {
+            "`ctr run --rm busybox true` through orca-supervisor vs Debian containerd, both with containerd-shim-runc-v2 + runc, interleaved"
+        }
     }
 
     fn measure(&self, ctx: &Ctx) -> Result<Line> {
         let mut line = Line::new(self.name(), 1);
         let (_reg, image) = Registry::with_busybox();
-        both(ctx, &mut line, |d| {
-            d.ctr_ok(&["images", "pull", "--plain-http", &image])?;
-            let mut samples = Vec::new();
-            for i in 0..ctx.warmup + ctx.iterations {
+        let daemons = [Daemon::start(true), Daemon::start(false)];
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); daemons.len()];
+        let mut failed: Vec<Option<anyhow::Error>> = daemons.iter().map(|_| None).collect();
+        for (k, d) in daemons.iter().enumerate() {
+            if let Err(e) = d.ctr_ok(&["images", "pull", "--plain-http", &image]) {
+                failed[k] = Some(e);
+            }
+        }
+        // Interleaved, so that drift hits both alike.
+        for i in 0..ctx.warmup + ctx.iterations {
+            for (k, d) in daemons.iter().enumerate() {
+                if failed[k].is_some() {
+                    continue;
+                }
                 let id = unique_name(&format!("suptrue{i}"));
                 let mut c = d.ctr();
                 c.args([
                     "run",
                     "--rm",
                     "--runtime",
-                    RUNC_RUNTIME,
+                    self.runtime(d),
                     &image,
                     &id,
                     "true",
                 ]);
-                let r = timed(&mut c)?.check("ctr run --rm true")?;
-                if i >= ctx.warmup {
-                    samples.push(ms(r.wall));
+                match timed(&mut c).and_then(|r| r.check("ctr run --rm true")) {
+                    Ok(r) if i >= ctx.warmup => samples[k].push(ms(r.wall)),
+                    Ok(_) => {}
+                    Err(e) => failed[k] = Some(e),
                 }
             }
-            median(&samples).context("no samples")
+        }
+        for (k, d) in daemons.iter().enumerate() {
+            let name = d.name();
+            match failed[k].take() {
+                Some(e) => {
+                    if ctx.verbose {
+                        eprintln!("{name}: {e:#}");
+                    }
+                    line.value(name, None);
+                    line.note(format!("{name}: failed: {e:#}"));
+                }
+                None => line.value(name, median(&samples[k])),
+            }
+        }
+        line.note(if self.stack {
+            "orca: orca-shim + orca-runtime; containerd: runc shim + runc; target orca/containerd <= 0.5"
+        } else {
+            "both with containerd-shim-runc-v2 + runc (supervisors compared)"
         });
         Ok(line)
     }

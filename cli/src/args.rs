@@ -14,6 +14,21 @@ pub struct Cli {
     /// Daemon socket to connect to (unix:///path or tcp://host:port)
     #[arg(short = 'H', long = "host", value_name = "HOST")]
     pub host: Option<String>,
+    /// Use TLS; implied by --tlsverify
+    #[arg(long)]
+    pub tls: bool,
+    /// Use TLS and verify the remote
+    #[arg(long)]
+    pub tlsverify: bool,
+    /// Trust certs signed only by this CA
+    #[arg(long, value_name = "PATH")]
+    pub tlscacert: Option<std::path::PathBuf>,
+    /// Path to TLS certificate file
+    #[arg(long, value_name = "PATH")]
+    pub tlscert: Option<std::path::PathBuf>,
+    /// Path to TLS key file
+    #[arg(long, value_name = "PATH")]
+    pub tlskey: Option<std::path::PathBuf>,
     /// Enable debug mode
     #[arg(short = 'D', long)]
     pub debug: bool,
@@ -81,6 +96,9 @@ pub enum Command {
     /// Manage Orca
     #[command(subcommand)]
     System(SystemCommand),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(crate::commands::volume::VolumeCommand),
     /// Copy files/folders between a container and the local filesystem
     Cp(CpArgs),
     /// Export a container's filesystem as a tar archive
@@ -184,6 +202,9 @@ pub struct RunArgs {
     /// Bind mount a volume (SRC:DST[:OPTS])
     #[arg(short = 'v', long = "volume")]
     pub volume: Vec<String>,
+    /// Mount volumes from the specified container(s)
+    #[arg(long = "volumes-from")]
+    pub volumes_from: Vec<String>,
     /// Memory limit
     #[arg(short = 'm', long)]
     pub memory: Option<String>,
@@ -232,6 +253,18 @@ pub struct RunArgs {
     /// Set platform if server is multi-platform capable
     #[arg(long)]
     pub platform: Option<String>,
+    /// Publish a container's port to the host: [ip:][hostPort:]containerPort[/proto]
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish all exposed ports to random ports
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Expose a port without publishing it
+    #[arg(long)]
+    pub expose: Vec<String>,
+    /// Connect a container to a network ("bridge", "host", "none", or a name)
+    #[arg(long, alias = "net")]
+    pub network: Option<String>,
     /// The image
     pub image: String,
     /// Command and arguments

@@ -67,6 +67,13 @@ pub fn run_cli(argv: Vec<OsString>) -> i32 {
             return 1;
         }
     };
+    host::set_tls_flags(host::TlsFlags {
+        tls: cli.tls,
+        tlsverify: cli.tlsverify,
+        tlscacert: cli.tlscacert.clone(),
+        tlscert: cli.tlscert.clone(),
+        tlskey: cli.tlskey.clone(),
+    });
     let result = runtime.block_on(commands::dispatch(cli.host.as_deref(), command));
     // Do not wait for a stdin reader blocked in read(2).
     runtime.shutdown_background();

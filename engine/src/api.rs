@@ -188,6 +188,18 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
                 let v = engine.images.history(&percent_decode(name, false)).await?;
                 return Ok(json_response(StatusCode::OK, &v));
             }
+            if let (Some(name), &Method::POST) = (rest.strip_suffix("/push"), &method) {
+                let creds = crate::images::registry_auth(req.headers())?;
+                let name = percent_decode(name, false);
+                let rx =
+                    crate::push::push(engine, &name, q.get("tag").unwrap_or(""), creds).await?;
+                let mut r = Response::new(stream(rx));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return Ok(r);
+            }
             if let (Some(name), &Method::POST) = (rest.strip_suffix("/tag"), &method) {
                 engine
                     .images
@@ -242,7 +254,20 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
         {
             crate::archive::import(engine, req).await
         }
-        (&Method::POST, ["images", "create"]) => pull(engine, &q).await,
+        (&Method::POST, ["images", "create"]) => {
+            let creds = crate::images::registry_auth(req.headers())?;
+            pull(engine, &q, creds).await
+        }
+        (&Method::POST, ["auth"]) => {
+            let body = read_json(req).await?;
+            match crate::push::login(&engine, &body).await? {
+                Ok(v) => Ok(json_response(StatusCode::OK, &v)),
+                Err(msg) => Ok(json_response(
+                    StatusCode::UNAUTHORIZED,
+                    &json!({"message": msg}),
+                )),
+            }
+        }
         (&Method::GET, ["images", "get"]) => {
             crate::archive::save(engine, req.uri().query(), None).await
         }
@@ -257,7 +282,7 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
         )),
         (&Method::POST, ["networks", "prune"]) => Ok(json_response(
             StatusCode::OK,
-            &crate::prune::networks(&engine, &q)?,
+            &crate::prune::networks(&engine, &q).await?,
         )),
         (&Method::POST, ["build", "prune"]) => {
             Ok(json_response(StatusCode::OK, &crate::prune::build_cache()))
@@ -370,7 +395,16 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
                     "links are not implemented in orcad yet".into(),
                 ));
             }
+            // `v=1`: the container's anonymous volumes go too.
+            let rec = if q.bool("v") {
+                Some(engine.containers.lookup(id)?.record())
+            } else {
+                None
+            };
             engine.containers.remove(id, q.bool("force")).await?;
+            if let Some(rec) = rec {
+                engine.containers.remove_anonymous_volumes(&rec);
+            }
             Ok(no_content())
         }
         (&Method::POST, ["containers", id, "wait"]) => {
@@ -468,7 +502,7 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
             let body = read_json(req).await?;
             Ok(json_response(
                 StatusCode::CREATED,
-                &engine.networks.create(&body)?,
+                &engine.networks.create(&body).await?,
             ))
         }
         (&Method::GET, ["networks", name]) => Ok(json_response(
@@ -476,14 +510,44 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
             &crate::networks::inspect_json(&engine, name)?,
         )),
         (&Method::DELETE, ["networks", name]) => {
-            crate::networks::remove(&engine, name)?;
+            crate::networks::remove(&engine, name).await?;
             Ok(no_content())
         }
-        // No volumes or plugins exist in orcad yet: "not found" is the
-        // honest answer (and lets `docker inspect NAME` finish).
-        (&Method::GET, ["volumes", name]) => {
-            Err(EngineError::NotFound(format!("get {name}: no such volume")))
+        (&Method::POST, ["networks", name, "connect"]) => {
+            let body = read_json(req).await?;
+            crate::networks::connect(&engine, name, &body).await?;
+            Ok(json_response(StatusCode::OK, &serde_json::json!({})))
         }
+        (&Method::POST, ["networks", name, "disconnect"]) => {
+            let body = read_json(req).await?;
+            crate::networks::disconnect(&engine, name, &body).await?;
+            Ok(json_response(StatusCode::OK, &serde_json::json!({})))
+        }
+        (&Method::GET, ["volumes"]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::volumes::list_json(&engine, &q)?,
+        )),
+        (&Method::POST, ["volumes", "create"]) => {
+            let body = read_json(req).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &engine.containers.volumes.create(&body)?,
+            ))
+        }
+        (&Method::POST, ["volumes", "prune"]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::volumes::prune(engine.clone(), &q, api).await?,
+        )),
+        (&Method::GET, ["volumes", name]) => Ok(json_response(
+            StatusCode::OK,
+            &crate::volumes::inspect_json(&engine, name)?,
+        )),
+        (&Method::DELETE, ["volumes", name]) => {
+            crate::volumes::remove(&engine, name, q.bool("force"))?;
+            Ok(no_content())
+        }
+        // No plugins exist in orcad: "not found" is the honest answer (and
+        // lets `docker inspect NAME` finish).
         (&Method::GET, ["plugins", name, "json"]) => Err(EngineError::NotFound(format!(
             "plugin \"{name}\" not found"
         ))),
@@ -536,7 +600,11 @@ fn ping(head: bool) -> Response<Body> {
     r
 }
 
-async fn pull(engine: Arc<Engine>, q: &Query) -> Result<Response<Body>> {
+async fn pull(
+    engine: Arc<Engine>,
+    q: &Query,
+    creds: orca_registry::Credentials,
+) -> Result<Response<Body>> {
     if q.get("fromSrc").is_some_and(|s| !s.is_empty()) {
         return Err(EngineError::NotImplemented(
             "importing images (fromSrc) is not implemented in orcad yet".into(),
@@ -563,8 +631,30 @@ async fn pull(engine: Arc<Engine>, q: &Query) -> Result<Response<Body>> {
         format!("{image}:{tag}")
     };
     let r = Reference::parse(&full_ref)?;
+    // Through the daemon's Transfer service when it has one (orca-supervisor).
+    let transfer_creds = match &creds {
+        orca_registry::Credentials::Basic { username, password } => {
+            Some(crate::transfer::Credentials {
+                username: username.clone(),
+                secret: password.clone(),
+            })
+        }
+        orca_registry::Credentials::IdentityToken(t) => Some(crate::transfer::Credentials {
+            username: String::new(),
+            secret: t.clone(),
+        }),
+        _ => None,
+    };
+    if let Some(rx) =
+        crate::transfer::try_pull(&engine, &r.full(), &r.path, &r.object(), transfer_creds).await?
+    {
+        let mut resp = Response::new(stream(rx));
+        let json = HeaderValue::from_static("application/json");
+        resp.headers_mut().insert(header::CONTENT_TYPE, json);
+        return Ok(resp);
+    }
     let pulled = crate::reference::familiar(&r.full());
-    let plan = engine.images.pull_prepare(r).await?;
+    let plan = engine.images.pull_prepare(r, creds).await?;
     let (tx, rx) = mpsc::channel(64);
     let images = engine.images.clone();
     let events = engine.events.clone();

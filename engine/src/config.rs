@@ -14,6 +14,8 @@ use serde_json::{Map, Value};
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/orca/daemon.json";
 /// Default API socket.
 pub const DEFAULT_HOST: &str = "unix:///run/orca/orca.sock";
+/// dockerd's default port for `tcp://HOST` with TLS.
+pub const DEFAULT_TLS_PORT: u16 = 2376;
 /// Default group owning the API socket.
 pub const DEFAULT_GROUP: &str = "orca";
 /// dockerd's default `shutdown-timeout` (seconds).
@@ -57,6 +59,14 @@ pub struct FileConfig {
     pub cgroup_parent: Option<String>,
     pub debug: Option<bool>,
     pub log_level: Option<String>,
+    /// `bridge`, `bip`, `iptables`, `userland-proxy`, `ip`,
+    /// `default-address-pools`.
+    pub net: crate::network::NetOptions,
+    pub tls: Option<bool>,
+    pub tlsverify: Option<bool>,
+    pub tlscacert: Option<PathBuf>,
+    pub tlscert: Option<PathBuf>,
+    pub tlskey: Option<PathBuf>,
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -171,6 +181,31 @@ impl FileConfig {
                 "cgroup-parent" => c.cgroup_parent = Some(string()?),
                 "debug" => c.debug = Some(v.as_bool().ok_or_else(|| want("a boolean"))?),
                 "log-level" => c.log_level = Some(string()?),
+                "bridge" => c.net.bridge = Some(string()?),
+                "bip" => c.net.bip = Some(string()?),
+                "ip" => c.net.ip = Some(string()?),
+                "iptables" => c.net.iptables = Some(v.as_bool().ok_or_else(|| want("a boolean"))?),
+                "userland-proxy" => {
+                    c.net.userland_proxy = Some(v.as_bool().ok_or_else(|| want("a boolean"))?)
+                }
+                "default-address-pools" => {
+                    let a = v
+                        .as_array()
+                        .ok_or_else(|| want("an array of {\"base\", \"size\"} objects"))?;
+                    let mut pools = Vec::new();
+                    for p in a {
+                        match (p["base"].as_str(), p["size"].as_u64()) {
+                            (Some(b), Some(n)) => pools.push(format!("base={b},size={n}")),
+                            _ => return Err(want("an array of {\"base\", \"size\"} objects")),
+                        }
+                    }
+                    c.net.pools = Some(pools);
+                }
+                "tls" => c.tls = Some(v.as_bool().ok_or_else(|| want("a boolean"))?),
+                "tlsverify" => c.tlsverify = Some(v.as_bool().ok_or_else(|| want("a boolean"))?),
+                "tlscacert" => c.tlscacert = Some(string()?.into()),
+                "tlscert" => c.tlscert = Some(string()?.into()),
+                "tlskey" => c.tlskey = Some(string()?.into()),
                 _ => unknown.push(k.clone()),
             }
         }
@@ -337,13 +372,107 @@ pub struct Flags {
     pub log_opts: Vec<String>,
     pub default_ulimits: Vec<String>,
     pub log_level: Option<String>,
+    /// `--bridge`, `--bip`, `--iptables`, `--userland-proxy`, `--ip`,
+    /// `--default-address-pool`, `--iptables-chain`.
+    pub net: crate::network::NetOptions,
+    /// `--tls` (server TLS; on tcp orcad also requires `--tlsverify`).
+    pub tls: Option<bool>,
+    /// `--tlsverify`: TLS with client certificates verified against the CA.
+    pub tlsverify: Option<bool>,
+    pub tlscacert: Option<PathBuf>,
+    pub tlscert: Option<PathBuf>,
+    pub tlskey: Option<PathBuf>,
+}
+
+/// One address orcad listens on (`-H` / `hosts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenHost {
+    /// `unix:///path`: the API socket, root:GROUP 0660.
+    Unix(PathBuf),
+    /// `tcp://HOST:PORT` (always TLS with client verification).
+    Tcp(String),
+}
+
+impl ListenHost {
+    /// Parses dockerd's `-H` syntax: `unix:///path` or `tcp://[HOST][:PORT]`
+    /// (no port: 2376, no host: every address).
+    pub fn parse(s: &str) -> Result<ListenHost, ConfigError> {
+        let t = s.trim();
+        if let Some(p) = t.strip_prefix("unix://") {
+            if !p.starts_with('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "host {s:?}: a unix socket needs an absolute path (unix:///path)"
+                )));
+            }
+            return Ok(ListenHost::Unix(PathBuf::from(p)));
+        }
+        if let Some(a) = t.strip_prefix("tcp://") {
+            let a = a.trim_end_matches('/');
+            if a.contains('/') || a.contains('@') {
+                return Err(ConfigError::Invalid(format!(
+                    "host {s:?}: expected tcp://HOST:PORT"
+                )));
+            }
+            // "[v6]:port", "[v6]", "host:port", "host", ":port".
+            let split = match a.strip_prefix('[') {
+                Some(r) => r.split_once(']').and_then(|(h, rest)| {
+                    let host = &a[..h.len() + 2];
+                    match rest {
+                        "" => Some((host, None)),
+                        _ => rest.strip_prefix(':').map(|p| (host, Some(p))),
+                    }
+                }),
+                None => Some(match a.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (a, None),
+                }),
+            };
+            let Some((host, port)) = split else {
+                return Err(ConfigError::Invalid(format!(
+                    "host {s:?}: expected tcp://HOST:PORT"
+                )));
+            };
+            let port = match port {
+                None => DEFAULT_TLS_PORT,
+                Some(p) => p
+                    .parse::<u16>()
+                    .map_err(|_| ConfigError::Invalid(format!("host {s:?}: invalid port {p:?}")))?,
+            };
+            let host = if host.is_empty() { "0.0.0.0" } else { host };
+            return Ok(ListenHost::Tcp(format!("{host}:{port}")));
+        }
+        Err(ConfigError::Invalid(format!(
+            "host {s:?}: only unix:///path and tcp://HOST:PORT are supported"
+        )))
+    }
+
+    /// The address as given to `-H`.
+    pub fn display(&self) -> String {
+        match self {
+            ListenHost::Unix(p) => format!("unix://{}", p.display()),
+            ListenHost::Tcp(a) => format!("tcp://{a}"),
+        }
+    }
+}
+
+/// The certificate files of the TLS listener (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA that client certificates must chain to.
+    pub ca: PathBuf,
+    /// The server's certificate (chain).
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
 }
 
 /// The resolved daemon settings.
 #[derive(Debug, Clone)]
 pub struct DaemonSettings {
-    /// The API socket path.
-    pub socket: PathBuf,
+    /// Every address to listen on (at least one).
+    pub hosts: Vec<ListenHost>,
+    /// Set when a tcp host exists: TLS with client verification.
+    pub tls: Option<TlsFiles>,
     /// `None`: orcad starts and manages its own orca-supervisor.
     pub containerd: Option<PathBuf>,
     pub namespace: String,
@@ -361,6 +490,8 @@ pub struct DaemonSettings {
     pub log_opts: BTreeMap<String, String>,
     pub default_ulimits: Vec<Value>,
     pub log_level: String,
+    /// Networking settings.
+    pub network: crate::network::NetConfig,
 }
 
 /// `--default-ulimit nofile=1024:2048` → Docker's Ulimit JSON.
@@ -391,21 +522,20 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<DaemonSettings, ConfigE
     } else {
         file.hosts.clone().unwrap_or_default()
     };
-    let host = match hosts.as_slice() {
-        [] => DEFAULT_HOST.to_string(),
-        [one] => one.clone(),
-        _ => {
-            return Err(ConfigError::Invalid(format!(
-                "listening on several hosts ({}) is not implemented in orcad yet",
-                hosts.join(", ")
-            )))
-        }
+    let hosts = if hosts.is_empty() {
+        vec![DEFAULT_HOST.to_string()]
+    } else {
+        hosts
     };
-    let socket = host.strip_prefix("unix://").ok_or_else(|| {
-        ConfigError::Invalid(format!(
-            "host {host:?}: only unix:///path sockets are supported"
-        ))
-    })?;
+    let mut listen: Vec<ListenHost> = Vec::new();
+    for h in &hosts {
+        let l = ListenHost::parse(h)?;
+        if listen.contains(&l) {
+            return Err(ConfigError::Invalid(format!("host {h:?} is listed twice")));
+        }
+        listen.push(l);
+    }
+    let tls = resolve_tls(&file, &flags, &listen)?;
     let log_driver = flags
         .log_driver
         .clone()
@@ -446,7 +576,8 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<DaemonSettings, ConfigE
         }
     };
     Ok(DaemonSettings {
-        socket: PathBuf::from(socket),
+        hosts: listen,
+        tls,
         containerd: flags.containerd.clone().or(file.containerd.clone()),
         namespace: flags
             .containerd_namespace
@@ -490,6 +621,7 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<DaemonSettings, ConfigE
             .shutdown_timeout
             .or(file.shutdown_timeout)
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        network: flags.net.resolve(&file.net).map_err(ConfigError::Invalid)?,
         log_opts,
         default_ulimits,
         log_level: flags
@@ -504,6 +636,59 @@ pub fn resolve(file: FileConfig, flags: Flags) -> Result<DaemonSettings, ConfigE
                 }
             }),
     })
+}
+
+/// TLS settings: required (tlsverify and the three files) as soon as one
+/// host is tcp; dockerd would also serve plain or unverified tcp, orcad
+/// refuses to. Without a tcp host the TLS options are checked but unused
+/// (dockerd applies TLS to tcp hosts only).
+fn resolve_tls(
+    file: &FileConfig,
+    flags: &Flags,
+    hosts: &[ListenHost],
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let verify = flags.tlsverify.or(file.tlsverify).unwrap_or(false);
+    let tls = flags.tls.or(file.tls).unwrap_or(false) || verify;
+    let ca = flags.tlscacert.clone().or(file.tlscacert.clone());
+    let cert = flags.tlscert.clone().or(file.tlscert.clone());
+    let key = flags.tlskey.clone().or(file.tlskey.clone());
+    let Some(tcp) = hosts.iter().find(|h| matches!(h, ListenHost::Tcp(_))) else {
+        return Ok(None);
+    };
+    let what = tcp.display();
+    if !verify {
+        return Err(ConfigError::Invalid(format!(
+            "refusing to listen on {what} without TLS client verification: \
+             orcad serves tcp only with --tlsverify --tlscacert CA --tlscert CERT --tlskey KEY \
+             (daemon.json: \"tlsverify\": true, \"tlscacert\", \"tlscert\", \"tlskey\"){}",
+            if tls {
+                " (--tls alone does not verify clients)"
+            } else {
+                ""
+            }
+        )));
+    }
+    let mut missing = Vec::new();
+    for (n, v) in [
+        ("--tlscacert", &ca),
+        ("--tlscert", &cert),
+        ("--tlskey", &key),
+    ] {
+        if v.is_none() {
+            missing.push(n);
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "refusing to listen on {what}: --tlsverify needs {} (PEM files)",
+            missing.join(", ")
+        )));
+    }
+    Ok(Some(TlsFiles {
+        ca: ca.unwrap_or_default(),
+        cert: cert.unwrap_or_default(),
+        key: key.unwrap_or_default(),
+    }))
 }
 
 #[cfg(test)]
@@ -559,6 +744,82 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("syslog"));
+    }
+
+    #[test]
+    fn hosts_and_tls() {
+        let s = resolve(FileConfig::default(), Flags::default()).unwrap();
+        assert_eq!(
+            s.hosts,
+            vec![ListenHost::Unix("/run/orca/orca.sock".into())]
+        );
+        assert!(s.tls.is_none());
+        assert_eq!(
+            ListenHost::parse("tcp://127.0.0.1").unwrap(),
+            ListenHost::Tcp("127.0.0.1:2376".into())
+        );
+        assert_eq!(
+            ListenHost::parse("tcp://:1234").unwrap(),
+            ListenHost::Tcp("0.0.0.0:1234".into())
+        );
+        assert!(ListenHost::parse("tcp://1.2.3.4:x").is_err());
+        assert_eq!(
+            ListenHost::parse("tcp://[::1]:7").unwrap(),
+            ListenHost::Tcp("[::1]:7".into())
+        );
+        assert_eq!(
+            ListenHost::parse("tcp://[::1]").unwrap(),
+            ListenHost::Tcp("[::1]:2376".into())
+        );
+        assert!(ListenHost::parse("tcp://[::1]x").is_err());
+        assert!(ListenHost::parse("fd://").is_err());
+        assert!(ListenHost::parse("unix://rel.sock").is_err());
+        let tcp = |extra: Flags| {
+            resolve(
+                FileConfig::default(),
+                Flags {
+                    hosts: vec!["unix:///a.sock".into(), "tcp://127.0.0.1:5".into()],
+                    ..extra
+                },
+            )
+        };
+        let e = tcp(Flags::default()).unwrap_err().to_string();
+        assert!(e.contains("without TLS client verification"), "{e}");
+        let e = tcp(Flags {
+            tls: Some(true),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--tls alone"), "{e}");
+        let e = tcp(Flags {
+            tlsverify: Some(true),
+            tlscacert: Some("/ca".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--tlscert, --tlskey"), "{e}");
+        let s = tcp(Flags {
+            tlsverify: Some(true),
+            tlscacert: Some("/ca".into()),
+            tlscert: Some("/c".into()),
+            tlskey: Some("/k".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.hosts.len(), 2);
+        assert_eq!(s.tls.unwrap().key, PathBuf::from("/k"));
+        // daemon.json keys.
+        let f = FileConfig::parse(
+            r#"{"hosts":["unix:///a.sock","tcp://127.0.0.1:9"],"tlsverify":true,
+                "tlscacert":"/ca","tlscert":"/c","tlskey":"/k"}"#,
+            "d.json",
+        )
+        .unwrap();
+        let s = resolve(f, Flags::default()).unwrap();
+        assert_eq!(s.tls.unwrap().ca, PathBuf::from("/ca"));
+        assert!(FileConfig::parse(r#"{"tlsverify":"yes"}"#, "d.json").is_err());
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct ContainerConfig {
     pub stop_signal: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_timeout: Option<i64>,
+    /// `{"80/tcp": {}}`: the user's and the image's exposed ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<Value>,
 }
 
 /// Docker's `State`.
@@ -143,9 +146,15 @@ pub struct Record {
     /// restarted orcad).
     #[serde(default)]
     pub stdio: Option<StdioPaths>,
-    /// User-defined networks joined (name → endpoint); records only.
+    /// Networks joined (name → endpoint; addresses while running).
     #[serde(default)]
     pub networks: BTreeMap<String, Endpoint>,
+    /// Published ports while running.
+    #[serde(default)]
+    pub ports: Vec<crate::network::portmap::Mapping>,
+    /// Volumes (and VolumesFrom binds) mounted into the container.
+    #[serde(default)]
+    pub mount_points: Vec<crate::volumes::MountPoint>,
 }
 
 /// The stdio FIFO paths of a task ("" = none).
@@ -162,6 +171,23 @@ pub struct Endpoint {
     pub network_id: String,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The rest is set while the container runs (see `networks`).
+    #[serde(default)]
+    pub endpoint_id: String,
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub prefix_len: u8,
+    #[serde(default)]
+    pub gateway: String,
+    #[serde(default)]
+    pub mac: String,
+    /// The host end of the veth pair.
+    #[serde(default)]
+    pub veth: String,
+    /// The interface inside the container (eth0, eth1…).
+    #[serde(default)]
+    pub ifname: String,
 }
 
 /// Docker's restart policies.
@@ -535,12 +561,6 @@ fn check_host_config(hc: &Value) -> Result<()> {
         Value::String(s) => !s.is_empty(),
     };
     for (k, what) in [
-        ("PortBindings", "HostConfig.PortBindings (published ports)"),
-        (
-            "PublishAllPorts",
-            "HostConfig.PublishAllPorts (published ports)",
-        ),
-        ("VolumesFrom", "HostConfig.VolumesFrom"),
         ("Links", "HostConfig.Links"),
         ("Devices", "HostConfig.Devices"),
         ("Init", "HostConfig.Init (docker-init)"),
@@ -572,8 +592,9 @@ fn check_host_config(hc: &Value) -> Result<()> {
             return ni(&format!("HostConfig.{k} {v:?}"));
         }
     }
+    crate::network::portmap::check(hc)?;
     match hc["NetworkMode"].as_str().unwrap_or("") {
-        m @ ("host" | "container") => return ni(&format!("network mode {m:?}")),
+        m @ "container" => return ni(&format!("network mode {m:?}")),
         m if m.starts_with("container:") => return ni(&format!("network mode {m:?}")),
         // "", default, bridge, none, or a user-defined network (checked at
         // create).
@@ -652,6 +673,8 @@ pub struct Containers {
     pub events: Arc<EventBus>,
     /// User-defined network records.
     pub networks: Arc<Networks>,
+    /// The local volume store.
+    pub volumes: Arc<crate::volumes::Volumes>,
     /// Set at daemon shutdown: exits are not restarted.
     shutting_down: AtomicBool,
     /// Set at a live-restore shutdown: stdio copiers stop at a line
@@ -673,6 +696,7 @@ impl Containers {
     ) -> anyhow::Result<Arc<Containers>> {
         fs::create_dir_all(cfg.data_root.join("containers"))?;
         fs::create_dir_all(cfg.exec_root.join("containers"))?;
+        let volumes = crate::volumes::Volumes::new(&cfg.data_root, events.clone())?;
         let c = Arc::new(Containers {
             cfg,
             ctrd,
@@ -681,6 +705,7 @@ impl Containers {
             execs: Mutex::new(HashMap::new()),
             events,
             networks,
+            volumes,
             shutting_down: AtomicBool::new(false),
             stop_copiers: Arc::new(AtomicBool::new(false)),
         });
@@ -750,6 +775,30 @@ impl Containers {
     pub(crate) fn save(&self, rec: &Record) -> Result<()> {
         let data = serde_json::to_vec_pretty(rec).map_err(EngineError::internal)?;
         util::write_atomic(&self.dir(&rec.id).join("config.json"), &data)?;
+        Ok(())
+    }
+
+    /// Saves a start or exit of a container. Without a restart policy the
+    /// record is replaced atomically (temp file + rename) but not fsynced:
+    /// a crash of orcad never loses or tears it, and after a power loss —
+    /// every task gone — `load` reconciles the state with the supervisor
+    /// anyway. With a restart policy the record decides what comes back at
+    /// boot, so it is fsynced as every other save.
+    fn save_state(&self, rec: &Record) -> Result<()> {
+        let policy = RestartPolicy::from_host_config(&rec.host_config).unwrap_or(RestartPolicy::No);
+        if !matches!(policy, RestartPolicy::No) {
+            return self.save(rec);
+        }
+        let data = serde_json::to_vec_pretty(rec).map_err(EngineError::internal)?;
+        let path = self.dir(&rec.id).join("config.json");
+        let tmp = self
+            .dir(&rec.id)
+            .join(format!(".config.json.tmp-{}", util::random_hex(4)));
+        fs::write(&tmp, &data)?;
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -835,6 +884,7 @@ impl Containers {
                         r.state.pid = p.pid;
                     });
                     let _ = self.save(&entry.record());
+                    self.networks.restore(&entry.record()).await;
                     self.reattach_io(&entry);
                     info!(id, pid = p.pid, "container still running: reattached");
                     let me = self.clone();
@@ -861,6 +911,8 @@ impl Containers {
                             container_id: id.clone(),
                         }))
                         .await;
+                    let mut nr = entry.record();
+                    self.networks.release(&mut nr).await;
                     entry.with_rec(|r| {
                         r.state.running = false;
                         r.state.restarting = false;
@@ -870,6 +922,8 @@ impl Containers {
                         r.state.exit_code = code;
                         r.state.finished_at = at;
                         r.stdio = None;
+                        r.networks = nr.networks;
+                        r.ports = nr.ports;
                     });
                     let _ = self.save(&entry.record());
                     info!(id, code, "container exited while orcad was down");
@@ -1139,7 +1193,15 @@ impl Containers {
             env: merge_env(&image_env, &user_env),
             cmd,
             image: image_ref.clone(),
-            volumes: None,
+            volumes: match &body["Volumes"] {
+                Value::Null => None,
+                v @ Value::Object(_) => Some(v.clone()),
+                _ => {
+                    return Err(EngineError::BadRequest(
+                        "json: cannot unmarshal Volumes into Go struct field Config.Volumes of type map[string]struct {}".into(),
+                    ))
+                }
+            },
             working_dir: get_str("WorkingDir")?,
             entrypoint,
             on_build: None,
@@ -1149,6 +1211,15 @@ impl Containers {
                 .filter(|s| !s.is_empty())
                 .map(String::from),
             stop_timeout: body["StopTimeout"].as_i64(),
+            exposed_ports: {
+                let mut e = serde_json::Map::new();
+                for src in [&ic["ExposedPorts"], &body["ExposedPorts"]] {
+                    if let Some(o) = src.as_object() {
+                        e.extend(o.keys().map(|k| (k.clone(), json!({}))));
+                    }
+                }
+                (!e.is_empty()).then_some(Value::Object(e))
+            },
         };
         // Docker's merge of the image config into the user's.
         if config.user.is_empty() {
@@ -1178,6 +1249,16 @@ impl Containers {
             labels.entry(k).or_insert(v);
         }
         config.labels = labels;
+        // Image volumes join the user's (dockerd's merge).
+        if let Some(iv) = ic["Volumes"].as_object().filter(|o| !o.is_empty()) {
+            let mut v = config.volumes.take().unwrap_or_else(|| json!({}));
+            for k in iv.keys() {
+                if v.get(k).is_none() {
+                    v[k] = json!({});
+                }
+            }
+            config.volumes = Some(v);
+        }
         if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
             return Err(EngineError::BadRequest(format!(
                 "the working directory '{}' is invalid, it needs to be an absolute path",
@@ -1198,6 +1279,20 @@ impl Containers {
             .ok_or_else(|| EngineError::internal(format!("image {} has no layers", img.name)))?
             .to_string();
         let networks = self.networks_of(&hc, &body["NetworkingConfig"])?;
+        // Volumes: planned now (validated), created once the name is reserved.
+        let planned = {
+            let config_volumes: Vec<String> = config
+                .volumes
+                .as_ref()
+                .and_then(|v| v.as_object())
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            let taken: Vec<String> = spec::user_mounts_no_side_effects(&hc)
+                .iter()
+                .filter_map(|m| m["destination"].as_str().map(String::from))
+                .collect();
+            crate::volumes::plan(&hc, &config_volumes, self.volumes_from(&hc)?, &taken)?
+        };
         // dockerd's mergeAndVerifyLogConfig: the daemon's log-opts fill in
         // what the container does not set.
         let mut hc = hc;
@@ -1217,7 +1312,14 @@ impl Containers {
 
         let id = util::random_hex(32);
         if config.hostname.is_empty() {
-            config.hostname = id[..12].to_string();
+            config.hostname = if hc["NetworkMode"] == "host" {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| id[..12].to_string())
+            } else {
+                id[..12].to_string()
+            };
         }
         let dir = self.dir(&id);
         let rec = Record {
@@ -1251,6 +1353,8 @@ impl Containers {
             has_been_manually_stopped: false,
             stdio: None,
             networks,
+            ports: Vec::new(),
+            mount_points: planned.iter().map(|p| p.mp.clone()).collect(),
         };
 
         // Resources, mounts and security options are checked now (a bad
@@ -1282,8 +1386,22 @@ impl Containers {
             map.insert(id.clone(), e.clone());
             e
         };
+        let volumes_guard = match self.volumes.materialize(planned) {
+            Ok((mps, guard)) => {
+                entry.with_rec(|r| r.mount_points = mps);
+                guard
+            }
+            Err(e) => {
+                self.map
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                return Err(e);
+            }
+        };
         match self.create_resources(&entry, &top).await {
             Ok(()) => {
+                volumes_guard.commit();
                 info!(id, name = %entry.record().name, "created container");
                 self.events.container("create", &entry.record(), &[]);
                 Ok(id)
@@ -1300,15 +1418,112 @@ impl Containers {
         }
     }
 
+    /// HostConfig.VolumesFrom (`container[:ro|rw]`): the other containers'
+    /// volumes and binds, with the requested mode.
+    fn volumes_from(&self, hc: &Value) -> Result<Vec<crate::volumes::MountPoint>> {
+        let mut out = Vec::new();
+        for spec_str in spec::str_list(&hc["VolumesFrom"]) {
+            let (c, rw) = crate::volumes::parse_volumes_from(&spec_str)?;
+            let r = self.lookup(&c)?.record();
+            let mut mps = r.mount_points.clone();
+            for m in spec::user_mounts_no_side_effects(&r.host_config) {
+                if m["type"] != "bind" || mps.iter().any(|p| p.destination == m["destination"]) {
+                    continue;
+                }
+                let opts = spec::str_list(&m["options"]);
+                mps.push(crate::volumes::MountPoint {
+                    typ: "bind".into(),
+                    source: m["source"].as_str().unwrap_or("").into(),
+                    destination: m["destination"].as_str().unwrap_or("").into(),
+                    rw: !opts.iter().any(|o| o == "ro"),
+                    propagation: opts
+                        .iter()
+                        .find(|o| {
+                            o.ends_with("private") || o.ends_with("shared") || o.ends_with("slave")
+                        })
+                        .cloned()
+                        .unwrap_or_default(),
+                    ..Default::default()
+                });
+            }
+            for mut mp in mps {
+                if let Some(rw) = rw {
+                    mp.rw = rw;
+                    mp.mode = if rw { "rw" } else { "ro" }.into();
+                }
+                if !out
+                    .iter()
+                    .any(|o: &crate::volumes::MountPoint| o.destination == mp.destination)
+                {
+                    out.push(mp);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the anonymous volumes of a removed container that no other
+    /// container references (`rm -v`, AutoRemove).
+    pub fn remove_anonymous_volumes(&self, rec: &Record) {
+        for mp in rec.mount_points.iter().filter(|m| m.typ == "volume") {
+            if !self.volumes.get(&mp.name).is_ok_and(|v| v.anonymous()) {
+                continue;
+            }
+            let users: Vec<String> = self
+                .entries()
+                .iter()
+                .map(|e| e.record())
+                .filter(|r| r.id != rec.id && r.mount_points.iter().any(|m| m.name == mp.name))
+                .map(|r| r.id)
+                .collect();
+            if !users.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.volumes.remove(&mp.name, true, &[]) {
+                warn!(volume = %mp.name, "cannot remove an anonymous volume: {e}");
+            }
+        }
+    }
+
+    /// At a container exit: unmounts option volumes no other running
+    /// container uses.
+    fn release_volumes(&self, rec: &Record) {
+        for mp in rec.mount_points.iter().filter(|m| m.typ == "volume") {
+            if !self
+                .volumes
+                .get(&mp.name)
+                .is_ok_and(|v| v.options.get("type").is_some_and(|t| !t.is_empty()))
+            {
+                continue;
+            }
+            let busy = self.entries().iter().map(|e| e.record()).any(|r| {
+                r.id != rec.id
+                    && r.state.running
+                    && r.mount_points.iter().any(|m| m.name == mp.name)
+            });
+            if !busy {
+                crate::volumes::release(&self.volumes, &mp.name);
+            }
+        }
+    }
+
     /// The user-defined networks a new container joins: its NetworkMode
     /// (when not default/bridge/none) and the NetworkingConfig endpoints.
     fn networks_of(&self, hc: &Value, nc: &Value) -> Result<BTreeMap<String, Endpoint>> {
         let mut out = BTreeMap::new();
         let mut join = |name: &str, ep: &Value| -> Result<()> {
-            if ["", "default", "bridge", "none"].contains(&name) {
+            if ["none", "host"].contains(&name) || name.starts_with("container:") {
                 return Ok(());
             }
-            let net = self.networks.lookup(name)?;
+            let net = if ["", "default", "bridge"].contains(&name) {
+                // The default bridge network, unless `--bridge none`.
+                match self.networks.default_bridge() {
+                    Some(n) => n,
+                    None => return Ok(()),
+                }
+            } else {
+                self.networks.lookup(name)?
+            };
             let nonempty = |v: &Value| match v {
                 Value::Null => false,
                 Value::Object(o) => o
@@ -1323,8 +1538,7 @@ impl Containers {
                 || nonempty(&ep["MacAddress"])
             {
                 return Err(EngineError::NotImplemented(
-                    "static addresses on networks are not implemented in orcad yet (networks are records only)"
-                        .into(),
+                    "static addresses on networks are not implemented in orcad yet".into(),
                 ));
             }
             if nonempty(&ep["Links"]) {
@@ -1334,9 +1548,14 @@ impl Containers {
             }
             let aliases: Vec<String> =
                 serde_json::from_value(ep["Aliases"].clone()).unwrap_or_default();
+            if net.predefined && nonempty(&ep["Aliases"]) {
+                return Err(EngineError::BadRequest(
+                    "network-scoped alias is supported only for containers in user defined networks".into(),
+                ));
+            }
             let e = out.entry(net.name.clone()).or_insert_with(|| Endpoint {
                 network_id: net.id.clone(),
-                aliases: Vec::new(),
+                ..Default::default()
             });
             for a in aliases {
                 if !e.aliases.contains(&a) {
@@ -1466,6 +1685,7 @@ impl Containers {
             resolv_conf_path: &rec.resolv_conf_path,
             cgroup_parent: &self.cfg.cgroup_parent,
             host: &host,
+            volume_mounts: &rec.mount_points.iter().map(|m| m.oci()).collect::<Vec<_>>(),
         })
     }
 
@@ -1519,14 +1739,17 @@ impl Containers {
                 return Err(EngineError::NotFound(format!("network {name} not found")));
             }
         }
-        // A leftover task from a previous run.
-        let _ = self
-            .ctrd
-            .tasks()
-            .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                container_id: id.clone(),
-            }))
-            .await;
+        // A leftover task from a previous run (a container that never
+        // started has none: its task is deleted when create or start fails).
+        if rec.state.started_at != util::ZERO_TIME {
+            let _ = self
+                .ctrd
+                .tasks()
+                .delete(self.ctrd.req(tasks::DeleteTaskRequest {
+                    container_id: id.clone(),
+                }))
+                .await;
+        }
         let mounts = self
             .ctrd
             .snapshots()
@@ -1538,6 +1761,19 @@ impl Containers {
             .map_err(|s| EngineError::grpc("rootfs mounts", s))?
             .into_inner()
             .mounts;
+        // Volumes: option volumes mounted, image content copied into empty
+        // ones (dockerd's populateVolumes).
+        if !rec.mount_points.is_empty() {
+            let vols = self.volumes.clone();
+            let mps = rec.mount_points.clone();
+            let rootfs = mounts.clone();
+            let scratch = self.cfg.exec_root.join("volumes");
+            tokio::task::spawn_blocking(move || {
+                crate::volumes::prepare_start(&vols, &mps, &rootfs, &scratch)
+            })
+            .await
+            .map_err(EngineError::internal)??;
+        }
 
         // stdio FIFOs, read by blocking copier threads.
         let xdir = self.exec_dir(&id);
@@ -1586,22 +1822,65 @@ impl Containers {
             stdout: path_of(1),
             stderr: path_of(2),
         };
-        let created = self
+        // Networking: addresses (and the container's hosts/resolv.conf)
+        // before the task exists; veths and published ports once it has a
+        // pid (its netns); all undone if the start fails.
+        let mut net_rec = entry.record();
+        if let Err(e) = self
+            .networks
+            .allocate(&mut net_rec)
+            .and_then(|()| self.networks.write_files(&net_rec))
+        {
+            self.networks.release(&mut net_rec).await;
+            unblock(&fifos);
+            return Err(e);
+        }
+        let create_req = tasks::CreateTaskRequest {
+            container_id: id.clone(),
+            rootfs: mounts,
+            stdin: stdio.stdin.clone(),
+            stdout: stdio.stdout.clone(),
+            stderr: stdio.stderr.clone(),
+            terminal: tty,
+            ..Default::default()
+        };
+        let mut created = self
             .ctrd
             .tasks()
-            .create(self.ctrd.req(tasks::CreateTaskRequest {
-                container_id: id.clone(),
-                rootfs: mounts,
-                stdin: stdio.stdin.clone(),
-                stdout: stdio.stdout.clone(),
-                stderr: stdio.stderr.clone(),
-                terminal: tty,
-                ..Default::default()
-            }))
+            .create(self.ctrd.req(create_req.clone()))
             .await;
-        if let Err(s) = created {
+        if matches!(&created, Err(s) if s.code() == tonic::Code::AlreadyExists) {
+            // A task left by an orcad that died between create and start.
+            let _ = self
+                .ctrd
+                .tasks()
+                .delete(self.ctrd.req(tasks::DeleteTaskRequest {
+                    container_id: id.clone(),
+                }))
+                .await;
+            created = self.ctrd.tasks().create(self.ctrd.req(create_req)).await;
+        }
+        let task_pid = match created {
+            Ok(r) => r.into_inner().pid,
+            Err(s) => {
+                self.networks.release(&mut net_rec).await;
+                unblock(&fifos);
+                return Err(self.start_failed(entry, "failed to create task for container", s));
+            }
+        };
+        if let Err(e) = self.networks.attach_task(&mut net_rec, task_pid).await {
+            let _ = self
+                .ctrd
+                .tasks()
+                .delete(self.ctrd.req(tasks::DeleteTaskRequest {
+                    container_id: id.clone(),
+                }))
+                .await;
+            self.networks.release(&mut net_rec).await;
             unblock(&fifos);
-            return Err(self.start_failed(entry, "failed to create task for container", s));
+            warn!(id, "network setup failed: {e}");
+            entry.with_rec(|r| r.state.error = e.to_string());
+            return Err(e);
         }
         let started = self
             .ctrd
@@ -1621,6 +1900,7 @@ impl Containers {
                         container_id: id.clone(),
                     }))
                     .await;
+                self.networks.release(&mut net_rec).await;
                 unblock(&fifos);
                 return Err(self.start_failed(entry, "failed to start task", s));
             }
@@ -1641,8 +1921,10 @@ impl Containers {
             r.state.started_at = util::now();
             r.state.finished_at = util::ZERO_TIME.into();
             r.stdio = Some(stdio);
+            r.networks = net_rec.networks.clone();
+            r.ports = net_rec.ports.clone();
         });
-        self.save(&entry.record())?;
+        self.save_state(&entry.record())?;
         info!(id, pid, "started container");
         let rec = entry.record();
         for (name, ep) in &rec.networks {
@@ -1653,6 +1935,7 @@ impl Containers {
                 &[("container", id.clone())],
             );
         }
+        self.volumes.mount_events(&id, &rec.mount_points);
         self.events.container("start", &rec, &[]);
         let me = self.clone();
         let e2 = entry.clone();
@@ -1739,6 +2022,15 @@ impl Containers {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), io.wait_for(|r| !*r)).await;
+        {
+            // Networking of the run that ended: veths, ports, addresses.
+            let mut r = entry.record();
+            self.networks.release(&mut r).await;
+            entry.with_rec(|x| {
+                x.networks = r.networks;
+                x.ports = r.ports;
+            });
+        }
         let rec = entry.record();
         let started = chrono::DateTime::parse_from_rfc3339(&rec.state.started_at)
             .map(|t| t.with_timezone(&chrono::Utc))
@@ -1775,7 +2067,7 @@ impl Containers {
             (delay, generation)
         };
         self.forget_execs(&id);
-        if let Err(e) = self.save(&entry.record()) {
+        if let Err(e) = self.save_state(&entry.record()) {
             warn!(id, "cannot save the container record: {e}");
         }
         info!(id, code, "container exited");
@@ -1796,6 +2088,10 @@ impl Containers {
                 name,
                 &[("container", id.clone())],
             );
+        }
+        if !rec.mount_points.is_empty() {
+            self.volumes.unmount_events(&id, &rec.mount_points);
+            self.release_volumes(&rec);
         }
         entry.events.send_modify(|e| {
             e.exits += 1;
@@ -2090,11 +2386,23 @@ impl Containers {
         }
         let id = entry.record().id;
         entry.with_rec(|r| r.state.status = "removing".into());
+        {
+            let mut r = entry.record();
+            if !r.ports.is_empty() || r.networks.values().any(|e| !e.ip.is_empty()) {
+                self.networks.release(&mut r).await;
+            }
+        }
         self.cleanup_resources(&id).await?;
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        // dockerd removes the anonymous volumes of `--rm` containers (before
+        // `wait condition=removed` returns).
+        let rec = entry.record();
+        if rec.auto_remove && !rec.mount_points.is_empty() {
+            self.remove_anonymous_volumes(&rec);
+        }
         let _ = entry.streams.send(StreamMsg::End);
         entry.events.send_modify(|e| e.removed = true);
         info!(id, "removed container");
@@ -2196,16 +2504,9 @@ impl Containers {
             "ExecIDs": self.exec_ids(&rec.id),
             "HostConfig": rec.host_config,
             "GraphDriver": {"Name": self.cfg.snapshotter, "Data": null},
-            "Mounts": mounts_json(&rec.host_config),
+            "Mounts": mounts_json(&rec.host_config, &rec.mount_points),
             "Config": rec.config,
-            "NetworkSettings": {
-                "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": false,
-                "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0, "Ports": {},
-                "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null,
-                "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-                "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
-                "Networks": networks_json(&rec)
-            },
+            "NetworkSettings": network_settings_json(&rec),
         }))
     }
 
@@ -2231,7 +2532,7 @@ impl Containers {
                         Value::Object(o) => o.keys().cloned().collect(),
                         _ => return Err(EngineError::BadRequest(format!("invalid filter '{k}'"))),
                     };
-                    if !["id", "name", "status", "label"].contains(&k.as_str()) {
+                    if !["id", "name", "status", "label", "volume"].contains(&k.as_str()) {
                         return Err(EngineError::BadRequest(format!("invalid filter '{k}'")));
                     }
                     m.insert(k.clone(), list);
@@ -2266,6 +2567,11 @@ impl Containers {
                                 .trim_start_matches('/')
                                 .contains(v.trim_start_matches('/')),
                             "status" => r.state.status == *v,
+                            // A volume name or a mount destination.
+                            "volume" => r
+                                .mount_points
+                                .iter()
+                                .any(|m| m.name == *v || m.destination == *v),
                             "label" => match v.split_once('=') {
                                 Some((lk, lv)) => r.config.labels.get(lk).is_some_and(|x| x == lv),
                                 None => r.config.labels.contains_key(v.as_str()),
@@ -2310,13 +2616,13 @@ impl Containers {
                 "ImageID": r.image,
                 "Command": cmd.join(" "),
                 "Created": ts(&r.created).timestamp(),
-                "Ports": [],
+                "Ports": crate::network::portmap::list_json(&r.ports),
                 "Labels": r.config.labels,
                 "State": r.state.status,
                 "Status": status,
                 "HostConfig": {"NetworkMode": r.host_config["NetworkMode"].as_str().unwrap_or("default")},
                 "NetworkSettings": {"Networks": networks_json(&r)},
-                "Mounts": [],
+                "Mounts": mounts_json(&r.host_config, &r.mount_points),
             }));
             if let Some(limit) = q.get("limit").and_then(|l| l.parse::<i64>().ok()) {
                 if limit > 0 && out.len() as i64 >= limit {
@@ -2328,8 +2634,28 @@ impl Containers {
     }
 }
 
-/// `NetworkSettings.Networks`: the user-defined networks joined, without
-/// addresses (records only: no connectivity is set up).
+/// Inspect's `NetworkSettings`: the top-level fields mirror the default
+/// `bridge` network's endpoint (as dockerd), `Ports` the published ports.
+fn network_settings_json(rec: &Record) -> Value {
+    let b = rec.networks.get("bridge").cloned().unwrap_or_default();
+    let running = rec.state.running && rec.state.pid > 0;
+    json!({
+        "Bridge": "", "SandboxID": "",
+        "SandboxKey": if running && rec.host_config["NetworkMode"] != "host" { format!("/proc/{}/ns/net", rec.state.pid) } else { String::new() },
+        "HairpinMode": false,
+        "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+        "Ports": if running || rec.config.exposed_ports.is_some() {
+            crate::network::portmap::ports_json(&crate::networks::exposed(rec), &rec.ports)
+        } else { json!({}) },
+        "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null,
+        "EndpointID": b.endpoint_id, "Gateway": b.gateway, "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+        "IPAddress": b.ip, "IPPrefixLen": b.prefix_len, "IPv6Gateway": "", "MacAddress": b.mac,
+        "Networks": networks_json(rec)
+    })
+}
+
+/// `NetworkSettings.Networks`: the networks joined, with their addresses
+/// while the container runs (host/none modes show that network).
 fn networks_json(rec: &Record) -> Value {
     let short = &rec.id[..12.min(rec.id.len())];
     let mut m = serde_json::Map::new();
@@ -2340,23 +2666,40 @@ fn networks_json(rec: &Record) -> Value {
         }
         let mut dns = vec![rec.name.trim_start_matches('/').to_string()];
         dns.extend(aliases.iter().cloned());
+        let bridge = name == "bridge";
         m.insert(
             name.clone(),
             json!({
-                "IPAMConfig": null, "Links": null, "Aliases": aliases, "MacAddress": "",
-                "DriverOpts": null, "NetworkID": ep.network_id, "EndpointID": "",
-                "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "",
-                "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": dns,
+                "IPAMConfig": null, "Links": null,
+                "Aliases": if bridge { Value::Null } else { json!(aliases) },
+                "MacAddress": ep.mac,
+                "DriverOpts": null, "NetworkID": ep.network_id, "EndpointID": ep.endpoint_id,
+                "Gateway": ep.gateway, "IPAddress": ep.ip, "IPPrefixLen": ep.prefix_len, "IPv6Gateway": "",
+                "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                "DNSNames": if bridge { Value::Null } else { json!(dns) },
             }),
         );
+    }
+    if m.is_empty() {
+        if let Some(mode @ ("host" | "none")) = rec.host_config["NetworkMode"].as_str() {
+            m.insert(
+                mode.to_string(),
+                json!({"IPAMConfig": null, "Links": null, "Aliases": null, "MacAddress": "",
+                       "DriverOpts": null, "NetworkID": "", "EndpointID": "", "Gateway": "",
+                       "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+                       "GlobalIPv6PrefixLen": 0, "DNSNames": null}),
+            );
+        }
     }
     Value::Object(m)
 }
 
-/// Docker's `Mounts` of inspect: binds and tmpfs mounts asked for.
-fn mounts_json(hc: &Value) -> Value {
+/// Docker's `Mounts` of inspect: binds and tmpfs mounts asked for, then
+/// volumes (and VolumesFrom binds).
+fn mounts_json(hc: &Value, mount_points: &[crate::volumes::MountPoint]) -> Value {
     let mounts = spec::user_mounts_no_side_effects(hc);
-    Value::Array(
+    let mut out: Vec<Value> = mount_points.iter().map(|m| m.to_json()).collect();
+    let user = Value::Array(
         mounts
             .iter()
             .filter(|m| {
@@ -2384,7 +2727,11 @@ fn mounts_json(hc: &Value) -> Value {
                 })
             })
             .collect(),
-    )
+    );
+    if let Value::Array(u) = user {
+        out.splice(0..0, u);
+    }
+    Value::Array(out)
 }
 
 /// Clears O_NONBLOCK on a descriptor.

@@ -4,13 +4,15 @@
 //!
 //! - [`api`]: version prefixes, router, handlers (hyper 1).
 //! - [`containerd`]: tonic client over the containerd socket, namespaced.
-//! - [`images`] / [`registry`] / [`reference`]: pull into containerd, list.
+//! - [`images`] / [`push`] / [`reference`]: pull into containerd (via `orca-registry`), push, list.
 //! - [`containers`]: container records, tasks, stdio, logs, wait,
 //!   restart policies, live restore.
 //! - [`spec`]: Docker's default OCI spec.
 //! - [`events`]: `GET /events` (buffer, filters, since/until).
 //! - [`config`]: `daemon.json` + flags, json-file log options.
-//! - [`networks`]: user-defined networks as records (for compose).
+//! - [`networks`] / [`network`]: bridge networks (records, addresses,
+//!   veths, iptables, published ports, embedded DNS).
+//! - [`volumes`]: the `local` volume driver, container volume mounts.
 //! - [`supervisor`]: the orca-supervisor orcad starts without `--containerd`.
 
 pub mod api;
@@ -23,14 +25,19 @@ pub mod events;
 pub mod exec;
 pub mod images;
 pub mod info;
+pub mod network;
 pub mod networks;
 pub mod ops;
 pub mod prune;
+pub mod push;
 pub mod reference;
-pub mod registry;
+pub mod seccomp_profile;
 pub mod spec;
 pub mod supervisor;
+pub mod tls;
+pub mod transfer;
 pub mod util;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -57,7 +64,7 @@ pub struct EngineConfig {
     pub snapshotter: String,
     pub cgroup_parent: String,
     pub insecure_registries: Vec<String>,
-    /// `registry-mirrors`: accepted and reported by /info, not used yet.
+    /// `registry-mirrors`: Docker Hub mirrors tried first for pulls.
     pub registry_mirrors: Vec<String>,
     /// Leave containers running when orcad stops.
     pub live_restore: bool,
@@ -67,6 +74,8 @@ pub struct EngineConfig {
     pub log_opts: BTreeMap<String, String>,
     /// Daemon-wide ulimits (HostConfig.Ulimits entries).
     pub default_ulimits: Vec<Value>,
+    /// Networking (`--bridge`, `--bip`, `--iptables`, …).
+    pub network: network::NetConfig,
 }
 
 impl EngineConfig {
@@ -86,6 +95,7 @@ impl EngineConfig {
             shutdown_timeout: config::DEFAULT_SHUTDOWN_TIMEOUT,
             log_opts: BTreeMap::new(),
             default_ulimits: Vec::new(),
+            network: network::NetConfig::default(),
         }
     }
 }
@@ -125,11 +135,12 @@ impl Engine {
         info!(containerd = %v, namespace = %cfg.namespace, "connected to containerd");
         let images = images::ImageService::new(
             ctrd.clone(),
-            registry::RegistryClient::new(cfg.insecure_registries.clone()),
+            images::registry_client(&cfg)?,
             cfg.snapshotter.clone(),
         );
         let events = Arc::new(events::EventBus::default());
-        let networks = networks::Networks::new(&cfg.data_root, events.clone())?;
+        let networks =
+            networks::Networks::new(&cfg.data_root, cfg.network.clone(), events.clone()).await?;
         let containers = containers::Containers::new(
             containers::ContainersConfig {
                 data_root: cfg.data_root.clone(),
@@ -166,6 +177,7 @@ impl Engine {
                 Duration::from_secs(self.cfg.shutdown_timeout.max(0) as u64),
             )
             .await;
+        self.networks.shutdown(self.cfg.live_restore).await;
     }
 }
 
@@ -238,18 +250,24 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let engine = engine.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| api::handle(engine.clone(), req));
-                    if let Err(e) = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await
-                    {
-                        debug!("connection ended: {e}");
-                    }
-                });
+                tokio::spawn(serve_connection(engine.clone(), stream));
             }
         }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades, for attach/exec hijacking) on one
+/// accepted connection, unix or TLS.
+pub async fn serve_connection<I>(engine: Arc<Engine>, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| api::handle(engine.clone(), req));
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await
+    {
+        debug!("connection ended: {e}");
     }
 }

@@ -1,4 +1,5 @@
-//! orcad: the Orca engine daemon (Docker Engine API on a unix socket).
+//! orcad: the Orca engine daemon (Docker Engine API on unix sockets and,
+//! with TLS client verification only, on tcp).
 //!
 //! Flags override `--config-file` (default /etc/orca/daemon.json), which
 //! overrides the defaults. Without `--containerd` orcad starts (or reuses)
@@ -8,9 +9,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
+use orca_engine::config::ListenHost;
 use orca_engine::config::{self, FileConfig, Flags};
 use orca_engine::supervisor::ManagedSupervisor;
-use orca_engine::{bind_with_group, serve, Engine, EngineConfig};
+use orca_engine::tls::{self, Listener};
+use orca_engine::{bind_with_group, Engine, EngineConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -23,9 +26,25 @@ struct Args {
     /// Daemon configuration file (dockerd's daemon.json keys).
     #[arg(long)]
     config_file: Option<PathBuf>,
-    /// Socket to listen on (unix:///path) [default: unix:///run/orca/orca.sock].
+    /// Address to listen on, repeatable: unix:///path or tcp://HOST:PORT
+    /// (tcp only with --tlsverify) [default: unix:///run/orca/orca.sock].
     #[arg(short = 'H', long = "host")]
     hosts: Vec<String>,
+    /// Use TLS (implied by --tlsverify; tcp hosts need --tlsverify).
+    #[arg(long)]
+    tls: bool,
+    /// Use TLS and require client certificates signed by --tlscacert.
+    #[arg(long)]
+    tlsverify: bool,
+    /// CA certificate (PEM) client certificates must chain to.
+    #[arg(long)]
+    tlscacert: Option<PathBuf>,
+    /// Server certificate (PEM).
+    #[arg(long)]
+    tlscert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long)]
+    tlskey: Option<PathBuf>,
     /// containerd's gRPC socket; without it orcad runs its own orca-supervisor.
     #[arg(long)]
     containerd: Option<PathBuf>,
@@ -50,7 +69,7 @@ struct Args {
     /// Registry (host[:port]) reached over plain HTTP (loopback always is).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
-    /// Registry mirror (accepted and reported; not used for pulls yet).
+    /// Docker Hub mirror tried first for pulls (repeatable).
     #[arg(long = "registry-mirror")]
     registry_mirrors: Vec<String>,
     /// Group owning the API socket (root's group if it does not exist) [default: orca].
@@ -77,6 +96,28 @@ struct Args {
     /// Log filter (tracing env-filter syntax), e.g. "info" or "orca_engine=debug".
     #[arg(long)]
     log_level: Option<String>,
+    /// The default bridge network's Linux bridge; "none": containers keep
+    /// loopback only by default [default: orca0].
+    #[arg(short = 'b', long)]
+    bridge: Option<String>,
+    /// The default bridge's address/prefix, e.g. 172.17.0.1/16.
+    #[arg(long)]
+    bip: Option<String>,
+    /// Manage iptables rules (NAT, forwarding, isolation) [default: true].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    iptables: Option<bool>,
+    /// Forward published ports from orcad too (needed for 127.0.0.1) [default: true].
+    #[arg(long = "userland-proxy", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    userland_proxy: Option<bool>,
+    /// Default host address of published ports [default: 0.0.0.0].
+    #[arg(long)]
+    ip: Option<String>,
+    /// Address pool of new networks, base=CIDR,size=N (repeatable).
+    #[arg(long = "default-address-pool")]
+    default_address_pools: Vec<String>,
+    /// Prefix of orcad's iptables chains [default: ORCA].
+    #[arg(long = "iptables-chain")]
+    iptables_chain: Option<String>,
 }
 
 /// Writes the pid file, refusing when it names another live process.
@@ -136,6 +177,20 @@ async fn run() -> anyhow::Result<()> {
         log_opts: args.log_opts,
         default_ulimits: args.default_ulimits,
         log_level: args.log_level,
+        net: orca_engine::network::NetOptions {
+            bridge: args.bridge,
+            bip: args.bip,
+            iptables: args.iptables,
+            userland_proxy: args.userland_proxy,
+            ip: args.ip,
+            pools: (!args.default_address_pools.is_empty()).then_some(args.default_address_pools),
+            chain: args.iptables_chain,
+        },
+        tls: args.tls.then_some(true),
+        tlsverify: args.tlsverify.then_some(true),
+        tlscacert: args.tlscacert,
+        tlscert: args.tlscert,
+        tlskey: args.tlskey,
     };
     let s = config::resolve(file, flags)?;
     tracing_subscriber::fmt()
@@ -152,10 +207,55 @@ async fn run() -> anyhow::Result<()> {
     result
 }
 
+/// Binds every host (unix sockets root:GROUP 0660, tcp with TLS).
+async fn bind_all(s: &config::DaemonSettings) -> anyhow::Result<Vec<Listener>> {
+    let tls_config = match &s.tls {
+        Some(files) => Some(tls::server_config(files)?),
+        None => None,
+    };
+    let mut out = Vec::new();
+    for h in &s.hosts {
+        match h {
+            ListenHost::Unix(p) => out.push(Listener::Unix(bind_with_group(p, &s.group)?)),
+            ListenHost::Tcp(addr) => {
+                let cfg = tls_config.clone().ok_or_else(|| {
+                    anyhow::anyhow!("tcp://{addr}: no TLS configuration (needs --tlsverify)")
+                })?;
+                out.push(Listener::bind_tls(addr, cfg).await?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn remove_sockets(s: &config::DaemonSettings) {
+    for h in &s.hosts {
+        if let ListenHost::Unix(p) = h {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 async fn run_daemon(s: &config::DaemonSettings) -> anyhow::Result<()> {
+    // Listeners first (TLS files read, ports bound): a bad file or a busy
+    // port fails the start before any container is touched. Clients that
+    // connect meanwhile wait in the backlog until the engine is ready.
+    let listeners = match bind_all(s).await {
+        Ok(l) => l,
+        Err(e) => {
+            remove_sockets(s);
+            return Err(e);
+        }
+    };
     let managed = match &s.containerd {
         Some(_) => None,
-        None => Some(ManagedSupervisor::ensure(&s.data_root, &s.exec_root).await?),
+        None => match ManagedSupervisor::ensure(&s.data_root, &s.exec_root).await {
+            Ok(m) => Some(m),
+            Err(e) => {
+                remove_sockets(s);
+                return Err(e);
+            }
+        },
     };
     let socket = match (&s.containerd, &managed) {
         (Some(p), _) => p.clone(),
@@ -176,6 +276,7 @@ async fn run_daemon(s: &config::DaemonSettings) -> anyhow::Result<()> {
         shutdown_timeout: s.shutdown_timeout,
         log_opts: s.log_opts.clone(),
         default_ulimits: s.default_ulimits.clone(),
+        network: s.network.clone(),
     };
     let engine = match Engine::new(cfg).await {
         Ok(e) => e,
@@ -183,11 +284,12 @@ async fn run_daemon(s: &config::DaemonSettings) -> anyhow::Result<()> {
             if let Some(m) = managed {
                 m.stop().await;
             }
+            remove_sockets(s);
             return Err(e);
         }
     };
-    let listener = bind_with_group(&s.socket, &s.group)?;
-    tracing::info!(socket = %s.socket.display(), live_restore = s.live_restore, "orcad listening");
+    let hosts: Vec<String> = s.hosts.iter().map(|h| h.display()).collect();
+    tracing::info!(hosts = %hosts.join(","), tls = s.tls.is_some(), live_restore = s.live_restore, "orcad listening");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("cannot install a SIGTERM handler");
@@ -196,8 +298,11 @@ async fn run_daemon(s: &config::DaemonSettings) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    serve(engine.clone(), listener, shutdown).await?;
-    let _ = std::fs::remove_file(&s.socket);
+    let served = tls::serve_all(engine.clone(), listeners, shutdown).await;
+    remove_sockets(s);
+    if let Err(e) = &served {
+        tracing::error!("serving ended: {e:#}");
+    }
     engine.shutdown().await;
     if let Some(m) = managed {
         if s.live_restore {
@@ -206,5 +311,5 @@ async fn run_daemon(s: &config::DaemonSettings) -> anyhow::Result<()> {
             m.stop().await;
         }
     }
-    Ok(())
+    served
 }

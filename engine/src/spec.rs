@@ -62,6 +62,9 @@ pub struct SpecInput<'a> {
     pub cgroup_parent: &'a str,
     /// Docker's HostConfig (resources, security, mounts).
     pub host: &'a Value,
+    /// Volume mounts (and binds inherited through VolumesFrom), already
+    /// resolved to host paths (`volumes::MountPoint::oci`).
+    pub volume_mounts: &'a [Value],
 }
 
 /// Parses a numeric `uid[:gid]` ("" and "root" are 0:0).
@@ -268,7 +271,8 @@ fn tmpfs_options(defaults: &[&str], user: &str) -> Vec<String> {
 }
 
 /// HostConfig.Binds (host paths only), Mounts (bind, tmpfs) and Tmpfs as
-/// OCI mounts.
+/// OCI mounts. Volume entries (`name:/path`, `/path`, Mounts of type
+/// volume) are skipped here: `volumes::plan` resolves them.
 pub fn user_mounts(hc: &Value) -> Result<Vec<Value>> {
     user_mounts_impl(hc, true)
 }
@@ -284,11 +288,8 @@ fn user_mounts_impl(hc: &Value, create_missing: bool) -> Result<Vec<Value>> {
     for b in str_list(&hc["Binds"]) {
         let parts: Vec<&str> = b.split(':').collect();
         let (src, dst, mode) = match parts.as_slice() {
-            [_] => {
-                return Err(EngineError::NotImplemented(format!(
-                    "anonymous volumes ({b}) are not implemented in orcad yet"
-                )))
-            }
+            // An anonymous volume: volumes::plan.
+            [_] => continue,
             [s, d] => (*s, *d, ""),
             [s, d, m] => (*s, *d, *m),
             _ => {
@@ -298,9 +299,8 @@ fn user_mounts_impl(hc: &Value, create_missing: bool) -> Result<Vec<Value>> {
             }
         };
         if !src.starts_with('/') {
-            return Err(EngineError::NotImplemented(format!(
-                "named volumes ({src}) are not implemented in orcad yet"
-            )));
+            // A named volume: volumes::plan.
+            continue;
         }
         check_target(dst)?;
         let mut ro = false;
@@ -377,7 +377,9 @@ fn user_mounts_impl(hc: &Value, create_missing: bool) -> Result<Vec<Value>> {
                     }
                     out.push(json!({"destination": dst, "type": "tmpfs", "source": "tmpfs", "options": opts}));
                 }
-                "volume" | "npipe" | "cluster" | "image" => {
+                // Resolved by volumes::plan.
+                "volume" => {}
+                "npipe" | "cluster" | "image" => {
                     return Err(EngineError::NotImplemented(format!(
                         "mounts of type {typ:?} are not implemented in orcad yet"
                     )))
@@ -610,9 +612,9 @@ pub fn rlimits(v: &Value) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-/// HostConfig.SecurityOpt: `no-new-privileges` is applied; unconfined
-/// seccomp/apparmor and disabled labels match what orcad does anyway;
-/// anything else is 501.
+/// HostConfig.SecurityOpt: `no-new-privileges` is applied; `seccomp=…`
+/// is read by [`crate::seccomp_profile`]; unconfined apparmor and
+/// disabled labels match what orcad does anyway; anything else is 501.
 pub fn no_new_privileges(hc: &Value) -> Result<bool> {
     let mut nnp = false;
     for o in str_list(&hc["SecurityOpt"]) {
@@ -623,7 +625,7 @@ pub fn no_new_privileges(hc: &Value) -> Result<bool> {
         match (k, v) {
             ("no-new-privileges", "" | "true") => nnp = true,
             ("no-new-privileges", "false") => nnp = false,
-            ("seccomp" | "apparmor", "unconfined") | ("label", "disable") => {}
+            ("seccomp", _) | ("apparmor", "unconfined") | ("label", "disable") => {}
             _ => {
                 return Err(EngineError::NotImplemented(format!(
                     "security option {o:?} is not implemented in orcad yet"
@@ -728,9 +730,28 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
         mount("/etc/hosts", "bind", i.hosts_path, &["rbind", "rprivate"]),
     ];
     // User mounts replace default mounts at the same destination.
-    let user = user_mounts(hc)?;
+    let mut user = user_mounts(hc)?;
+    for v in i.volume_mounts {
+        if user.iter().any(|u| u["destination"] == v["destination"]) {
+            return Err(EngineError::BadRequest(format!(
+                "Duplicate mount point: {}",
+                v["destination"].as_str().unwrap_or("")
+            )));
+        }
+        user.push(v.clone());
+    }
     mounts.retain(|m| !user.iter().any(|u| u["destination"] == m["destination"]));
     mounts.extend(user);
+    // Parents before children (dockerd sorts mounts by depth), so a volume
+    // or bind on /etc does not hide /etc/hosts and friends.
+    mounts.sort_by_key(|m| {
+        m["destination"]
+            .as_str()
+            .unwrap_or("")
+            .trim_end_matches('/')
+            .matches('/')
+            .count()
+    });
     let mut devices = vec![
         json!({"allow": false, "access": "rwm"}),
         dev("c", None, None, "m"),
@@ -752,6 +773,10 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
     let mut resources = resources(hc)?;
     resources["devices"] = json!(devices);
     let nnp = no_new_privileges(hc)?;
+    // Docker's default seccomp profile for these capabilities, a custom one,
+    // or none (unconfined, privileged).
+    let seccomp =
+        crate::seccomp_profile::for_container(&str_list(&hc["SecurityOpt"]), privileged, &caps)?;
     let mut spec = json!({
         "ociVersion": "1.0.2-dev",
         "process": {
@@ -785,6 +810,15 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
             "readonlyPaths": if privileged { &[][..] } else { READONLY_PATHS },
         },
     });
+    if let Some(sc) = seccomp {
+        spec["linux"]["seccomp"] = sc;
+    }
+    // `--network host`: no network namespace (the host's is shared).
+    if hc["NetworkMode"] == "host" {
+        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+        }
+    }
     let rl = rlimits(&hc["Ulimits"])?;
     if !rl.is_empty() {
         spec["process"]["rlimits"] = json!(rl);
@@ -841,10 +875,10 @@ mod tests {
             .unwrap();
         assert_eq!(m[0]["options"], json!(["rbind", "rprivate", "ro"]));
         assert_eq!(m[1]["options"], json!(["nosuid", "nodev", "size=1m"]));
-        assert!(matches!(
-            user_mounts(&json!({"Binds": ["vol:/data"]})),
-            Err(EngineError::NotImplemented(_))
-        ));
+        // Volumes are resolved by volumes::plan, not here.
+        assert!(user_mounts(&json!({"Binds": ["vol:/data", "/anon"]}))
+            .unwrap()
+            .is_empty());
         assert!(matches!(
             user_mounts(&json!({"Binds": ["/tmp:/a", "/tmp:/a"]})),
             Err(EngineError::BadRequest(_))

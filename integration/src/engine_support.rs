@@ -46,10 +46,12 @@ impl Orcad {
             .unwrap_or_else(|e| panic!("cannot create orcad.log: {e}"));
         let log2 = log.try_clone().expect("cannot dup a file descriptor");
         let cgroup_parent = format!("/orca-engine-test-{}", std::process::id());
+        let net = net_args(extra_args);
         let child = Command::new(&bin)
             .arg("--containerd")
             .arg(containerd_socket)
             .args(extra_args)
+            .args(&net)
             .arg("--data-root")
             .arg(t.join("data"))
             .arg("--exec-root")
@@ -89,6 +91,13 @@ impl Orcad {
             );
         }
         o
+    }
+
+    /// Stops orcad now (SIGTERM: a clean shutdown, up to 30 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c, Duration::from_secs(30));
+        }
     }
 
     /// The API socket.
@@ -204,6 +213,66 @@ pub fn orcad_with_busybox(limit: Duration) -> (Containerd, Orcad, crate::Registr
     let out = o.docker(&["pull", &image], limit);
     crate::assert_success(&out, "docker pull");
     (c, o, reg, image)
+}
+
+/// A number unlikely to repeat across concurrent test processes.
+fn net_token() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let x = nanos
+        ^ (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ N.fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^ (x >> 29)
+}
+
+/// The networking flags that keep one test orcad away from the host's and
+/// other test orcads' networking: its own iptables chain prefix and
+/// address pool (10.64.0.0/10 in /20 blocks, cut in /24s), and `--bridge
+/// none` (loopback-only containers, the engine tests' usual set-up) unless
+/// `given` names a bridge. Flags in `given` win.
+pub fn net_args(given: &[&str]) -> Vec<String> {
+    let has = |f: &str| {
+        given
+            .iter()
+            .any(|a| *a == f || a.starts_with(&format!("{f}=")))
+    };
+    let t = net_token();
+    let mut v = Vec::new();
+    if !has("--bridge") && !has("-b") {
+        v.extend(["--bridge".to_string(), "none".to_string()]);
+    }
+    if !has("--iptables-chain") {
+        v.extend([
+            "--iptables-chain".to_string(),
+            format!("OT{:06X}", t & 0xff_ffff),
+        ]);
+    }
+    if !has("--default-address-pool") {
+        let a = 64 + ((t >> 24) % 64);
+        let b = ((t >> 30) % 16) * 16;
+        v.extend([
+            "--default-address-pool".to_string(),
+            format!("base=10.{a}.{b}.0/20,size=24"),
+        ]);
+    }
+    v
+}
+
+/// A unique default bridge for a networking test orcad: `--bridge obXXXXXX
+/// --bip 10.<128-191>.<n>.1/24` (outside [`net_args`]'s pools).
+pub fn bridge_args() -> Vec<String> {
+    let t = net_token();
+    vec![
+        "--bridge".into(),
+        format!("ob{:06x}", t & 0xff_ffff),
+        "--bip".into(),
+        format!("10.{}.{}.1/24", 128 + (t >> 24) % 64, (t >> 30) % 256),
+    ]
 }
 
 /// A raw HTTP/1.1 request over a unix socket (Connection: close).

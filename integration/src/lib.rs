@@ -21,6 +21,7 @@ pub mod image;
 pub mod mounts;
 pub mod process;
 pub mod registry;
+pub mod registry_auth;
 pub mod rootfs;
 pub mod runtime;
 pub mod runtime_helpers;

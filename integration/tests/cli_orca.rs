@@ -697,3 +697,112 @@ fn orca_bad_input_and_unimplemented_commands() {
         }
     }
 }
+
+#[test]
+fn orca_volume_commands() {
+    let (_c, o) = setup();
+    let (_reg, image) = Registry::with_busybox();
+    assert_success(&orca(&o, &["pull", &image]), "orca pull");
+    let v = unique_name("ov");
+    let out = orca(&o, &["volume", "create", "--label", "a=b", &v]);
+    assert_success(&out, "orca volume create");
+    assert_eq!(stdout(&out).trim(), v);
+    // ls: docker's table, -q, filters.
+    let out = orca(&o, &["volume", "ls"]);
+    assert_success(&out, "orca volume ls");
+    let ls = stdout(&out);
+    assert!(ls.starts_with("DRIVER    VOLUME NAME\n"), "{ls}");
+    assert!(ls.contains(&format!("local     {v}")), "{ls}");
+    let out = orca(&o, &["volume", "ls", "-q", "--filter", "label=a=b"]);
+    assert_eq!(stdout(&out).trim(), v);
+    let out = orca(&o, &["volume", "ls", "-q", "--filter", "label=a=c"]);
+    assert_eq!(stdout(&out).trim(), "");
+    // inspect (JSON and --format).
+    let out = orca(&o, &["volume", "inspect", &v]);
+    assert_success(&out, "orca volume inspect");
+    let i: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(i[0]["Name"], v.as_str());
+    assert_eq!(i[0]["Labels"]["a"], "b");
+    let out = orca(
+        &o,
+        &["volume", "inspect", "-f", "{{.Driver}} {{.Scope}}", &v],
+    );
+    assert_eq!(stdout(&out).trim(), "local local");
+    // -v name:/path through `orca run`, data kept between containers.
+    let out = orca(
+        &o,
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{v}:/d"),
+            &image,
+            "sh",
+            "-c",
+            "echo hi > /d/f",
+        ],
+    );
+    assert_success(&out, "orca run -v");
+    let holder = unique_name("holder");
+    let out = orca(
+        &o,
+        &[
+            "run",
+            "--name",
+            &holder,
+            "-v",
+            &format!("{v}:/d"),
+            &image,
+            "cat",
+            "/d/f",
+        ],
+    );
+    assert_eq!(stdout(&out).trim(), "hi");
+    // --volumes-from (read-only).
+    let out = orca(
+        &o,
+        &[
+            "run",
+            "--rm",
+            "--volumes-from",
+            &format!("{holder}:ro"),
+            &image,
+            "sh",
+            "-c",
+            "cat /d/f; touch /d/x 2>/dev/null && echo rw || echo ro",
+        ],
+    );
+    assert_eq!(stdout(&out), "hi\nro\n", "{}", stderr(&out));
+    // In use → the daemon's 409, exit 1.
+    let out = orca(&o, &["volume", "rm", &v]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("volume is in use"),
+        "{}",
+        stderr(&out)
+    );
+    assert_success(&orca(&o, &["rm", &holder]), "orca rm");
+    // Bad names and unknown volumes.
+    let out = orca(&o, &["volume", "create", "no/slash"]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("includes invalid characters"),
+        "{}",
+        stderr(&out)
+    );
+    let out = orca(&o, &["volume", "inspect", "nope-nope"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("no such volume"), "{}", stderr(&out));
+    // prune: anonymous only, then --all.
+    let anon = stdout(&orca(&o, &["volume", "create"])).trim().to_string();
+    let out = orca(&o, &["volume", "prune", "-f"]);
+    assert_success(&out, "orca volume prune");
+    assert!(stdout(&out).contains(&anon), "{}", stdout(&out));
+    assert!(!stdout(&out).contains(&v), "{}", stdout(&out));
+    let out = orca(&o, &["volume", "prune", "-f", "--all"]);
+    assert!(stdout(&out).contains(&v), "{}", stdout(&out));
+    assert_eq!(stdout(&orca(&o, &["volume", "ls", "-q"])).trim(), "");
+    let out = orca(&o, &["volume", "rm", &v]);
+    assert_eq!(code(&out), 1);
+    assert_success(&orca(&o, &["volume", "rm", "-f", &v]), "orca volume rm -f");
+}

@@ -471,7 +471,6 @@ fn docker_run_resources_security_and_mounts() {
     // Not implemented yet: 501 errors, never a silent success.
     for extra in [
         &["--init"][..],
-        &["-v", "namedvol:/data"],
         &["--device", "/dev/null:/dev/xnull"],
         &["--security-opt", "apparmor=myprofile"],
     ] {

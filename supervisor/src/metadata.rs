@@ -6,10 +6,20 @@
 //! one namespace is a contiguous range. All writes happen in a redb write
 //! transaction through [`MetadataStore::update`], so check-then-insert
 //! sequences (e.g. "AlreadyExists unless absent") are atomic.
+//!
+//! Durability depends on what a transaction wrote. One that touched only
+//! container or lease records ([`Kind::relaxed`]) is committed *written but
+//! not fsynced*: its pages and header reach the page cache with `write`
+//! before `commit` returns, so it survives a crash or `kill -9` of the
+//! supervisor, but a power loss may roll it back to an earlier commit
+//! (redb's checksummed one-phase commit falls back to the last intact
+//! header). Every other transaction — content, images, snapshots,
+//! namespaces, or any mix — is fsynced before `commit` returns, and so is
+//! everything written before it.
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, StorageBackend, TableDefinition};
 
 use crate::error::{Error, Result};
 
@@ -44,6 +54,16 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// Records whose loss on a power failure (not on a process crash) is
+    /// acceptable: container records (the engine above keeps its own and
+    /// every task is gone after a power loss anyway) and leases (they only
+    /// protect resources of an operation in flight, which a power loss ends).
+    pub fn relaxed(self) -> bool {
+        matches!(self, Kind::Container | Kind::Lease | Kind::LeaseResource)
+    }
+}
+
 fn key(kind: Kind, ns: &str, name: &str) -> String {
     format!("{}\x01{ns}\x01{name}", kind.tag())
 }
@@ -63,6 +83,45 @@ pub struct MetadataStore {
 /// Access to the records inside one write transaction.
 pub struct WriteTx<'a> {
     table: redb::Table<'a, &'static str, &'static [u8]>,
+    /// Whether a record of a kind that is not [`Kind::relaxed`] was written.
+    strict: bool,
+}
+
+/// redb's file backend, except that an *eventual* sync (what
+/// [`Durability::Eventual`] commits ask for) only makes sure the data was
+/// handed to the kernel: on Linux redb would `fdatasync` for it as for an
+/// immediate one. Immediate syncs still `fdatasync`.
+#[derive(Debug)]
+struct Backend {
+    file: redb::backends::FileBackend,
+}
+
+impl StorageBackend for Backend {
+    fn len(&self) -> std::result::Result<u64, std::io::Error> {
+        self.file.len()
+    }
+
+    fn read(&self, offset: u64, len: usize) -> std::result::Result<Vec<u8>, std::io::Error> {
+        self.file.read(offset, len)
+    }
+
+    fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self, eventual: bool) -> std::result::Result<(), std::io::Error> {
+        if eventual {
+            // Every write went through pwrite already: it is in the page
+            // cache, which outlives this process.
+            Ok(())
+        } else {
+            self.file.sync_data(false)
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+        self.file.write(offset, data)
+    }
 }
 
 impl MetadataStore {
@@ -70,7 +129,16 @@ impl MetadataStore {
     pub fn open(dir: &Path) -> Result<MetadataStore> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let db = Database::create(dir.join("meta.redb"))?;
+        let path = dir.join("meta.redb");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let file = redb::backends::FileBackend::new(file)?;
+        let db = redb::Builder::new().create_with_backend(Backend { file })?;
         let txn = db.begin_write()?;
         txn.open_table(RECORDS)?;
         txn.commit()?;
@@ -162,14 +230,24 @@ impl MetadataStore {
         Ok(out)
     }
 
-    /// Runs `f` in one write transaction; commits if it returns Ok.
+    /// Runs `f` in one write transaction; commits if it returns Ok (see
+    /// the module docs for how durable the commit is).
     pub fn update<T>(&self, f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>) -> Result<T> {
-        let txn = self.db.begin_write()?;
-        let out = {
+        let mut txn = self.db.begin_write()?;
+        let (out, strict) = {
             let table = txn.open_table(RECORDS)?;
-            let mut tx = WriteTx { table };
-            f(&mut tx)?
+            let mut tx = WriteTx {
+                table,
+                strict: false,
+            };
+            let out = f(&mut tx)?;
+            (out, tx.strict)
         };
+        txn.set_durability(if strict {
+            Durability::Immediate
+        } else {
+            Durability::Eventual
+        });
         txn.commit()?;
         Ok(out)
     }
@@ -200,6 +278,7 @@ impl WriteTx<'_> {
     }
 
     pub fn put(&mut self, kind: Kind, ns: &str, name: &str, value: &[u8]) -> Result<()> {
+        self.strict |= !kind.relaxed();
         self.table.insert(key(kind, ns, name).as_str(), value)?;
         Ok(())
     }
@@ -216,7 +295,9 @@ impl WriteTx<'_> {
 
     /// Removes a record; returns whether it existed.
     pub fn delete(&mut self, kind: Kind, ns: &str, name: &str) -> Result<bool> {
-        Ok(self.table.remove(key(kind, ns, name).as_str())?.is_some())
+        let existed = self.table.remove(key(kind, ns, name).as_str())?.is_some();
+        self.strict |= existed && !kind.relaxed();
+        Ok(existed)
     }
 
     pub fn list(&self, kind: Kind, ns: &str) -> Result<Vec<(String, Vec<u8>)>> {
@@ -317,5 +398,53 @@ mod tests {
             m.namespaces_with(Kind::Image, "x/y:1").unwrap(),
             vec!["a", "b"]
         );
+    }
+
+    /// A relaxed (not fsynced) commit survives the process dying without
+    /// closing the database, as with `kill -9`: the writer is a forked child
+    /// that `_exit`s right after committing.
+    #[test]
+    fn relaxed_commits_survive_a_process_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: the child only uses the store and then _exits; it never
+        // returns into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let ok = MetadataStore::open(dir.path())
+                .and_then(|m| {
+                    m.update(|tx| tx.put(Kind::Container, "ns", "c1", b"rec"))?;
+                    m.update(|tx| tx.put(Kind::Lease, "ns", "l1", b"lease"))?;
+                    std::mem::forget(m);
+                    Ok(())
+                })
+                .is_ok();
+            // SAFETY: _exit ends the child without running destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        let m = MetadataStore::open(dir.path()).unwrap();
+        assert_eq!(m.get(Kind::Container, "ns", "c1").unwrap().unwrap(), b"rec");
+        assert_eq!(m.get(Kind::Lease, "ns", "l1").unwrap().unwrap(), b"lease");
+    }
+
+    #[test]
+    fn only_container_and_lease_records_are_relaxed() {
+        assert!(
+            Kind::Container.relaxed() && Kind::Lease.relaxed() && Kind::LeaseResource.relaxed()
+        );
+        for k in [
+            Kind::Namespace,
+            Kind::Image,
+            Kind::Content,
+            Kind::Snapshot,
+            Kind::Global,
+        ] {
+            assert!(!k.relaxed(), "{k:?}");
+        }
     }
 }

@@ -136,7 +136,7 @@ pub struct Shim {
     pub bundle: PathBuf,
     pub binary: PathBuf,
     client: TaskClient,
-    log_done: Arc<AtomicBool>,
+    log_done: Arc<LogStop>,
 }
 
 impl Shim {
@@ -328,7 +328,7 @@ impl ShimManager {
         )
         .ctx(|| format!("write {}/{SHIM_BINARY_FILE}", bundle.display()))?;
 
-        let log_done = Arc::new(AtomicBool::new(false));
+        let log_done = Arc::new(LogStop::default());
         if let Err(e) = start_log_reader(&bundle, &id, log_done.clone()) {
             tracing::warn!(task = %id, error = %e, "no shim log");
         }
@@ -344,7 +344,7 @@ impl ShimManager {
             }
             Err(e) => {
                 self.cleanup_dead_shim(ns, &id, &binary, &bundle);
-                log_done.store(true, Ordering::Relaxed);
+                log_done.stop();
                 let _ = fs::remove_dir_all(&bundle);
                 Err(e)
             }
@@ -360,12 +360,13 @@ impl ShimManager {
         bundle: &Path,
         container: &Container,
         req: CreateTask,
-        log_done: Arc<AtomicBool>,
+        log_done: Arc<LogStop>,
     ) -> Result<(Arc<Shim>, u32)> {
         let opts = req
             .options
             .clone()
             .or_else(|| container.runtime.as_ref().and_then(|r| r.options.clone()));
+        let t0 = std::time::Instant::now();
         let mut cmd = self.shim_command(binary, ns, id, bundle);
         cmd.arg("start")
             .stdin(Stdio::piped())
@@ -393,10 +394,12 @@ impl ShimManager {
             )));
         }
         let address = parse_start_reply(&String::from_utf8_lossy(&out.stdout))?;
+        let started = t0.elapsed();
         fs::write(bundle.join("address"), &address)
             .ctx(|| format!("write {}/address", bundle.display()))?;
         let client = ttrpc::Client::connect(&address)
             .map_err(|e| Error::Unavailable(format!("connect to shim at {address}: {e}")))?;
+        let connected = t0.elapsed();
         let shim = Arc::new(Shim {
             namespace: ns.to_string(),
             id: id.to_string(),
@@ -433,6 +436,13 @@ impl ShimManager {
                 &creq,
             )
             .map_err(|e| ttrpc_status("shim Create", e))?;
+        tracing::debug!(
+            task = id,
+            shim_start_ms = started.as_secs_f64() * 1e3,
+            connect_ms = (connected - started).as_secs_f64() * 1e3,
+            create_ms = (t0.elapsed() - connected).as_secs_f64() * 1e3,
+            "task created"
+        );
         Ok((shim, resp.pid))
     }
 
@@ -512,7 +522,7 @@ impl ShimManager {
             .ok()
             .map(|a| a.trim().to_string())
             .filter(|a| !a.is_empty());
-        let log_done = Arc::new(AtomicBool::new(false));
+        let log_done = Arc::new(LogStop::default());
         if let Some(address) = &address {
             match reconnect(id, address) {
                 Ok((client, pid)) => {
@@ -546,7 +556,7 @@ impl ShimManager {
                 None
             }
         };
-        log_done.store(true, Ordering::Relaxed);
+        log_done.stop();
         if let Err(e) = fs::remove_dir_all(bundle) {
             tracing::warn!(bundle = %bundle.display(), error = %e, "cannot remove bundle");
         }
@@ -616,7 +626,7 @@ impl ShimManager {
             ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64),
             &shut,
         );
-        s.log_done.store(true, Ordering::Relaxed);
+        s.log_done.stop();
         self.shims
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -804,7 +814,7 @@ impl ShimManager {
             .unwrap_or_else(|p| p.into_inner())
             .values()
         {
-            s.log_done.store(true, Ordering::Relaxed);
+            s.log_done.stop();
         }
     }
 }
@@ -851,9 +861,31 @@ pub fn parse_start_reply(out: &str) -> Result<String> {
     }
 }
 
+/// Stops the thread that copies a shim's log fifo into our log.
+#[derive(Default)]
+pub struct LogStop {
+    done: AtomicBool,
+    /// A non-blocking write side of the fifo, to wake the reader.
+    waker: Mutex<Option<fs::File>>,
+}
+
+impl LogStop {
+    /// Makes the reader thread exit (after what it has already read).
+    pub fn stop(&self) {
+        self.done.store(true, Ordering::Release);
+        if let Some(mut w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // Wakes a reader blocked in read(2); a full fifo means it is
+            // about to read anyway.
+            let _ = w.write_all(b"\n");
+        }
+    }
+}
+
 /// Creates the bundle's `log` fifo (shims write their log into it) and
-/// copies what arrives into our log until `done` is set.
-fn start_log_reader(bundle: &Path, id: &str, done: Arc<AtomicBool>) -> Result<()> {
+/// copies what arrives into our log until `stop` is called. The thread
+/// blocks in read(2) (no polling): it holds the fifo open read-write, so it
+/// never sees EOF, and [`LogStop::stop`] wakes it.
+fn start_log_reader(bundle: &Path, id: &str, stop: Arc<LogStop>) -> Result<()> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let path = bundle.join("log");
@@ -867,26 +899,35 @@ fn start_log_reader(bundle: &Path, id: &str, done: Arc<AtomicBool>) -> Result<()
     let mut f = fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .open(&path)
+        .ctx(|| format!("open {}", path.display()))?;
+    let waker = fs::OpenOptions::new()
+        .write(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(&path)
         .ctx(|| format!("open {}", path.display()))?;
+    *stop.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker);
     let id = id.to_string();
     std::thread::Builder::new()
         .name(format!("shim-log-{id}"))
         .spawn(move || {
             let mut buf = [0u8; 8192];
             let mut pending = Vec::new();
-            while !done.load(Ordering::Relaxed) {
+            while !stop.done.load(Ordering::Acquire) {
                 match f.read(&mut buf) {
-                    Ok(0) => std::thread::sleep(Duration::from_millis(100)),
+                    Ok(0) => break,
                     Ok(n) => {
                         pending.extend_from_slice(&buf[..n]);
                         while let Some(i) = pending.iter().position(|b| *b == b'\n') {
                             let line: Vec<u8> = pending.drain(..=i).collect();
-                            tracing::debug!(target: "shim", task = %id, "{}", String::from_utf8_lossy(&line).trim_end());
+                            let line = String::from_utf8_lossy(&line);
+                            let line = line.trim_end();
+                            if !line.is_empty() {
+                                tracing::debug!(target: "shim", task = %id, "{line}");
+                            }
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(100)),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }
             }

@@ -6,6 +6,7 @@ mod exec;
 mod images;
 mod run;
 mod system;
+pub mod volume;
 
 use std::collections::BTreeMap;
 
@@ -63,6 +64,7 @@ pub async fn dispatch(host_flag: Option<&str>, command: Command) -> Result<i32> 
         Command::Stats(a) => containers::stats(c, a).await,
         Command::Cp(a) => containers::cp(c, a).await,
         Command::Export(a) => containers::export(c, a).await,
+        Command::Volume(v) => volume::run(c, v).await,
     }
 }
 

@@ -75,6 +75,42 @@ pub fn restart_policy(s: &str) -> Result<Value> {
 
 /// The `/containers/create` body for `run`/`create` flags. `lookup_env`
 /// resolves `-e NAME` without a value from the local environment.
+/// `-p [ip:][hostPort:]containerPort[/proto]` → (PortBindings, ExposedPorts).
+pub fn publish_specs(specs: &[String]) -> Result<(Map<String, Value>, Map<String, Value>)> {
+    let mut bindings = Map::new();
+    let mut exposed = Map::new();
+    for p in specs {
+        let (rest, proto) = p.rsplit_once('/').unwrap_or((p.as_str(), "tcp"));
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (ip, hp, cp) = match parts.as_slice() {
+            [cp] => ("", "", *cp),
+            [hp, cp] => ("", *hp, *cp),
+            [ip, hp, cp] => (*ip, *hp, *cp),
+            _ => {
+                return Err(usage(format!(
+                    "invalid publish spec: {p} (IPv6 host addresses are not supported)"
+                )))
+            }
+        };
+        if cp.is_empty() || cp.split('-').any(|x| x.parse::<u16>().is_err()) {
+            return Err(usage(format!("invalid containerPort: {cp}")));
+        }
+        if !hp.is_empty() && hp.split('-').any(|x| x.parse::<u16>().is_err()) {
+            return Err(usage(format!("invalid hostPort: {hp}")));
+        }
+        let key = format!("{cp}/{proto}");
+        exposed.insert(key.clone(), json!({}));
+        let b = json!({"HostIp": ip, "HostPort": hp});
+        match bindings.get_mut(&key) {
+            Some(Value::Array(a)) => a.push(b),
+            _ => {
+                bindings.insert(key, json!([b]));
+            }
+        }
+    }
+    Ok((bindings, exposed))
+}
+
 pub fn container_config(a: &RunArgs, lookup_env: &dyn Fn(&str) -> Option<String>) -> Result<Value> {
     if a.rm && a.restart.as_deref().is_some_and(|r| r != "no") {
         return Err(usage("Conflicting options: --restart and --rm".into()));
@@ -115,6 +151,9 @@ pub fn container_config(a: &RunArgs, lookup_env: &dyn Fn(&str) -> Option<String>
         "Privileged": a.privileged,
         "ReadonlyRootfs": a.read_only,
     });
+    if !a.volumes_from.is_empty() {
+        host["VolumesFrom"] = json!(a.volumes_from);
+    }
     if !a.cap_add.is_empty() {
         host["CapAdd"] = json!(a.cap_add);
     }
@@ -146,6 +185,24 @@ pub fn container_config(a: &RunArgs, lookup_env: &dyn Fn(&str) -> Option<String>
     if let Some(r) = &a.restart {
         host["RestartPolicy"] = restart_policy(r)?;
     }
+    let (bindings, mut exposed) = publish_specs(&a.publish)?;
+    for e in &a.expose {
+        let key = if e.contains('/') {
+            e.clone()
+        } else {
+            format!("{e}/tcp")
+        };
+        exposed.insert(key, json!({}));
+    }
+    if !bindings.is_empty() {
+        host["PortBindings"] = Value::Object(bindings);
+    }
+    if a.publish_all {
+        host["PublishAllPorts"] = json!(true);
+    }
+    if let Some(n) = &a.network {
+        host["NetworkMode"] = json!(n);
+    }
     let attached = !a.detach;
     let mut cfg = json!({
         "Image": a.image,
@@ -159,6 +216,9 @@ pub fn container_config(a: &RunArgs, lookup_env: &dyn Fn(&str) -> Option<String>
         "Labels": labels,
         "HostConfig": host,
     });
+    if !exposed.is_empty() {
+        cfg["ExposedPorts"] = Value::Object(exposed);
+    }
     if !a.command.is_empty() {
         cfg["Cmd"] = json!(a.command);
     }
@@ -488,6 +548,25 @@ pub async fn start(client: &EngineClient, a: StartArgs) -> Result<i32> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn publish_flags() {
+        let (b, e) = publish_specs(&[
+            "127.0.0.1:8080:80".to_string(),
+            "53/udp".to_string(),
+            "9000:9000".to_string(),
+        ])
+        .unwrap();
+        assert_eq!(
+            b["80/tcp"],
+            json!([{"HostIp": "127.0.0.1", "HostPort": "8080"}])
+        );
+        assert_eq!(b["53/udp"], json!([{"HostIp": "", "HostPort": ""}]));
+        assert_eq!(b["9000/tcp"][0]["HostPort"], "9000");
+        assert!(e.contains_key("53/udp"));
+        assert!(publish_specs(&["x:80".to_string()]).is_err());
+        assert!(publish_specs(&["1:2:3:4".to_string()]).is_err());
+    }
 
     fn run_args(argv: &[&str]) -> RunArgs {
         let mut full = vec!["orca", "run"];
