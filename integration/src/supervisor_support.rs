@@ -151,6 +151,52 @@ impl Supervisor {
         }
     }
 
+    /// `ctr -n NAMESPACE ARGS…` that must succeed; returns its stdout. A
+    /// failure panics with ctr's output and the end of the supervisor's log.
+    #[track_caller]
+    pub fn ctr_ok_ns(&self, namespace: &str, args: &[&str]) -> String {
+        let out = self.ctr_ns(namespace, args);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        if !out.status.success() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            panic!(
+                "ctr {args:?} failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- supervisor log (tail) ---\n{}",
+                out.status,
+                text(&out.stdout),
+                text(&out.stderr),
+                lines[lines.len().saturating_sub(80)..].join("\n")
+            );
+        }
+        text(&out.stdout)
+    }
+
+    /// `ctr tasks ls` in `namespace` as (id, pid, status) rows.
+    #[track_caller]
+    pub fn tasks_ns(&self, namespace: &str) -> Vec<(String, u32, String)> {
+        self.ctr_ok_ns(namespace, &["tasks", "ls"])
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.first()?.to_string(),
+                    f.get(1)?.parse().ok()?,
+                    f.get(2)?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// One task's (pid, status) in `namespace`, if listed.
+    #[track_caller]
+    pub fn task_ns(&self, namespace: &str, id: &str) -> Option<(u32, String)> {
+        self.tasks_ns(namespace)
+            .into_iter()
+            .find(|t| t.0 == id)
+            .map(|(_, pid, st)| (pid, st))
+    }
+
     fn quiet_list(&self, ns: &str, args: &[&str]) -> Vec<String> {
         let out = self.ctr_ns(ns, args);
         String::from_utf8_lossy(&out.stdout)

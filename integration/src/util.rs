@@ -300,3 +300,9 @@ pub fn pids_where_args(mut pred: impl FnMut(&[String]) -> bool) -> Vec<i32> {
     }
     pids
 }
+
+/// The last `n` lines of `s` (for logs in failure messages).
+pub fn tail_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

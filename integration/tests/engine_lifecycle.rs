@@ -201,10 +201,7 @@ impl Daemon {
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+use orca_integration::util::tail_lines as tail;
 
 impl Drop for Daemon {
     fn drop(&mut self) {

@@ -20,47 +20,22 @@ fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+use orca_integration::util::tail_lines as tail;
 
 #[track_caller]
 fn ctr_ok(s: &Supervisor, args: &[&str]) -> String {
-    let out = s.ctr_ns(NS, args);
-    if !out.status.success() {
-        panic!(
-            "ctr {args:?} failed: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- supervisor log (tail) ---\n{}",
-            out.status,
-            stdout(&out),
-            String::from_utf8_lossy(&out.stderr),
-            tail(&s.log(), 80)
-        );
-    }
-    stdout(&out)
+    s.ctr_ok_ns(NS, args)
 }
 
 /// `ctr tasks ls` as (id, pid, status) rows.
+#[track_caller]
 fn tasks(s: &Supervisor) -> Vec<(String, u32, String)> {
-    ctr_ok(s, &["tasks", "ls"])
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            Some((
-                f.first()?.to_string(),
-                f.get(1)?.parse().ok()?,
-                f.get(2)?.to_string(),
-            ))
-        })
-        .collect()
+    s.tasks_ns(NS)
 }
 
+#[track_caller]
 fn task(s: &Supervisor, id: &str) -> Option<(u32, String)> {
-    tasks(s)
-        .into_iter()
-        .find(|t| t.0 == id)
-        .map(|(_, pid, st)| (pid, st))
+    s.task_ns(NS, id)
 }
 
 fn ppid(pid: u32) -> Option<u32> {

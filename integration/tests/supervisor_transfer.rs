@@ -129,22 +129,10 @@ fn pull_request(reference: &str, name: &str) -> (Any, Any) {
 
 #[track_caller]
 fn ctr_ok(s: &Supervisor, ns: &str, args: &[&str]) -> String {
-    let out = s.ctr_ns(ns, args);
-    if !out.status.success() {
-        panic!(
-            "ctr {args:?} failed: {}\n--- stderr ---\n{}\n--- supervisor log (tail) ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            tail(&s.log(), 60)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    s.ctr_ok_ns(ns, args)
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+use orca_integration::util::tail_lines as tail;
 
 fn events_for<'a>(p: &'a [tt::Progress], digest: &str) -> Vec<&'a str> {
     p.iter()
@@ -800,60 +788,6 @@ fn transfer_pull_through_a_configured_mirror() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("mirror"), "{err}");
     assert!(!bad.path().join("s.sock").exists());
-}
-
-/// Figures, not a check: pull + unpack of a ~100 MB four-layer image from
-/// the local registry through orca-supervisor's Transfer vs `ctr pull` on
-/// Debian's containerd 1.6 (and `ctr pull` on orca-supervisor). Run with
-/// `--ignored --nocapture`; each pull starts from an empty store.
-#[test]
-#[ignore]
-fn bench_transfer_pull_vs_containerd() {
-    require_root();
-    let layers: Vec<(String, usize)> = (0..4).map(|i| (format!("l{i}"), 25 << 20)).collect();
-    let extra: Vec<(&str, usize)> = layers.iter().map(|(n, s)| (n.as_str(), *s)).collect();
-    let (_reg, reference, _) = registry_with_layered_busybox("big", &extra);
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    let mut orca = Vec::new();
-    let mut orca_ctr = Vec::new();
-    let mut ctrd = Vec::new();
-    for _ in 0..3 {
-        let s = Supervisor::start();
-        let rt = rt();
-        let ch = rt.block_on(connect(&s.socket()));
-        let (src, dst) = pull_request(&reference, &reference);
-        let t = std::time::Instant::now();
-        let (res, _) = rt.block_on(transfer(ch, src, dst));
-        res.expect("transfer pull");
-        orca.push(t.elapsed().as_secs_f64());
-        drop(s);
-
-        let s = Supervisor::start();
-        let t = std::time::Instant::now();
-        ctr_ok(&s, NS, &["images", "pull", "--plain-http", &reference]);
-        orca_ctr.push(t.elapsed().as_secs_f64());
-        drop(s);
-
-        let c = orca_integration::Containerd::start();
-        let t = std::time::Instant::now();
-        let out = c.ctr_ns(NS, &["images", "pull", "--plain-http", &reference]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ctrd.push(t.elapsed().as_secs_f64());
-    }
-    let (o, oc, c) = (median(orca), median(orca_ctr), median(ctrd));
-    println!(
-        "pull+unpack ~100 MB, 5 layers (median of 3): orca-supervisor Transfer {o:.3} s, \
-         ctr pull on orca-supervisor {oc:.3} s, ctr pull on containerd 1.6 {c:.3} s; \
-         Transfer/containerd = {:.2}",
-        o / c
-    );
 }
 
 #[test]
