@@ -1,5 +1,6 @@
 //! orcad (the Orca engine) on a private socket, driven by the real docker CLI.
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -23,6 +24,8 @@ pub struct Orcad {
     child: Option<Child>,
     dir: TempDir,
     cgroup_parent: String,
+    /// Every flag orcad runs with (kept for [`Orcad::restart`]).
+    args: Vec<OsString>,
 }
 
 impl Orcad {
@@ -36,48 +39,69 @@ impl Orcad {
     /// orca-supervisor), with extra flags (e.g. `--default-runtime`).
     #[track_caller]
     pub fn start_with(containerd_socket: &Path, extra_args: &[&str]) -> Orcad {
-        let bin = bin_path("orcad");
         let dir = tempfile::Builder::new()
             .prefix("orca-orcad-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for orcad: {e}"));
         let t = dir.path();
-        let log = fs::File::create(t.join("orcad.log"))
-            .unwrap_or_else(|e| panic!("cannot create orcad.log: {e}"));
-        let log2 = log.try_clone().expect("cannot dup a file descriptor");
         let cgroup_parent = format!("/orca-engine-test-{}", std::process::id());
-        let net = net_args(extra_args);
+        let mut args: Vec<OsString> = vec!["--containerd".into(), containerd_socket.into()];
+        args.extend(extra_args.iter().map(OsString::from));
+        args.extend(net_args(extra_args).into_iter().map(OsString::from));
+        for (flag, value) in [
+            ("--data-root", t.join("data").into_os_string()),
+            ("--exec-root", t.join("exec").into_os_string()),
+            (
+                "-H",
+                format!("unix://{}", t.join("orca.sock").display()).into(),
+            ),
+            ("--log-level", "info,orca_engine=debug".into()),
+            ("--cgroup-parent", cgroup_parent.clone().into()),
+        ] {
+            args.push(flag.into());
+            args.push(value);
+        }
+        let mut o = Orcad {
+            child: None,
+            dir,
+            cgroup_parent,
+            args,
+        };
+        o.start_again(&[]);
+        o
+    }
+
+    /// Runs orcad (again, after [`Orcad::stop`]) with this fixture's flags
+    /// plus `extra` (log appended) and waits until `GET /_ping` answers.
+    #[track_caller]
+    pub fn start_again(&mut self, extra: &[&str]) {
+        assert!(
+            self.child.is_none(),
+            "orcad is still running: stop it first"
+        );
+        let bin = bin_path("orcad");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("orcad.log"))
+            .unwrap_or_else(|e| panic!("cannot open orcad.log: {e}"));
+        let log2 = log.try_clone().expect("cannot dup a file descriptor");
         let child = Command::new(&bin)
-            .arg("--containerd")
-            .arg(containerd_socket)
-            .args(extra_args)
-            .args(&net)
-            .arg("--data-root")
-            .arg(t.join("data"))
-            .arg("--exec-root")
-            .arg(t.join("exec"))
-            .arg("-H")
-            .arg(format!("unix://{}", t.join("orca.sock").display()))
-            .args(["--log-level", "info,orca_engine=debug"])
-            .arg("--cgroup-parent")
-            .arg(&cgroup_parent)
+            .args(&self.args)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut o = Orcad {
-            child: Some(child),
-            dir,
-            cgroup_parent,
-        };
+        self.child = Some(child);
         let mut exited = false;
         let ready = wait_until(Duration::from_secs(30), || {
-            if let Some(Ok(Some(_))) = o.child.as_mut().map(|c| c.try_wait()) {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 exited = true;
                 return true;
             }
-            matches!(o.http("GET", "/_ping", None), Ok((200, _)))
+            matches!(self.http("GET", "/_ping", None), Ok((200, _)))
         });
         if !ready || exited {
             panic!(
@@ -87,10 +111,17 @@ impl Orcad {
                 } else {
                     "did not answer /_ping within 30 s"
                 },
-                o.log()
+                self.log()
             );
         }
-        o
+    }
+
+    /// Stops orcad (a clean shutdown) and starts it again on the same data
+    /// and flags, plus `extra` for this run (e.g. `--live-restore`).
+    #[track_caller]
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.stop();
+        self.start_again(extra);
     }
 
     /// Stops orcad now (SIGTERM: a clean shutdown, up to 30 s).

@@ -600,114 +600,6 @@ services:
     assert!(!veths.contains(&n.bridge), "{veths}");
 }
 
-/// An orcad on a fixed data-root that can be stopped and started again
-/// (live restore), with this file's networking flags.
-struct Restartable {
-    dir: tempfile::TempDir,
-    base: Vec<String>,
-    child: Option<std::process::Child>,
-}
-
-impl Restartable {
-    fn new(containerd: &Containerd, net: &[String]) -> Restartable {
-        let dir = tempfile::Builder::new()
-            .prefix("orca-netlr-")
-            .tempdir()
-            .unwrap();
-        let t = dir.path();
-        let mut base: Vec<String> = vec![
-            "--containerd".into(),
-            containerd.socket().display().to_string(),
-            "--data-root".into(),
-            t.join("data").display().to_string(),
-            "--exec-root".into(),
-            t.join("exec").display().to_string(),
-            "-H".into(),
-            format!("unix://{}", t.join("orca.sock").display()),
-            "--log-level".into(),
-            "info,orca_engine=debug".into(),
-            "--cgroup-parent".into(),
-            format!("/orca-netlr-{}", std::process::id()),
-        ];
-        base.extend(net.iter().cloned());
-        Restartable {
-            dir,
-            base,
-            child: None,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("orcad.log")).unwrap_or_default()
-    }
-
-    fn start(&mut self, extra: &[&str]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("orcad.log"))
-            .unwrap();
-        let log2 = log.try_clone().unwrap();
-        let child = Command::new(orca_integration::bin_path("orcad"))
-            .args(&self.base)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .expect("start orcad");
-        self.child = Some(child);
-        let sock = self.dir.path().join("orca.sock");
-        let ok = wait_until(Duration::from_secs(30), || {
-            matches!(
-                orca_integration::engine_support::http_unix(&sock, "GET", "/_ping", None),
-                Ok((200, _))
-            )
-        });
-        assert!(ok, "orcad did not come up:\n{}", self.log());
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            orca_integration::util::terminate(&mut c, Duration::from_secs(30));
-        }
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(DOCKER_CLI);
-        c.env(
-            "DOCKER_HOST",
-            format!("unix://{}", self.dir.path().join("orca.sock").display()),
-        )
-        .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
-        .env_remove("DOCKER_CONTEXT")
-        .args(args)
-        .stdin(Stdio::null());
-        run_with_limit(&mut c, T).unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.docker(args);
-        assert!(
-            o.status.success(),
-            "docker {args:?}: {}{}\n{}",
-            out(&o),
-            err(&o),
-            self.log()
-        );
-        out(&o)
-    }
-}
-
-impl Drop for Restartable {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() {
-            eprintln!("--- orcad log ---\n{}", self.log());
-        }
-    }
-}
-
 #[test]
 fn live_restore_keeps_networking_and_a_clean_restart_removes_it() {
     require_root();
@@ -723,47 +615,51 @@ fn live_restore_keeps_networking_and_a_clean_restart_removes_it() {
         "--iptables-chain".into(),
         chain.clone(),
     ]);
-    net.extend(orca_integration::engine_support::net_args(&[
-        "--bridge",
-        "--iptables-chain",
-    ]));
-    let mut d = Restartable::new(&c, &net);
-    d.start(&["--live-restore"]);
+    let net: Vec<&str> = net.iter().map(String::as_str).collect();
+    // Started once without live restore, then again with it.
+    let mut d = Orcad::start_with(&c.socket(), &net);
+    d.restart(&["--live-restore"]);
     let (_reg, image) = Registry::with_busybox();
-    d.ok(&["pull", &image]);
+    d.docker_ok(&["pull", &image], T);
     let nw = unique_name("lr");
-    d.ok(&["network", "create", &nw]);
+    d.docker_ok(&["network", "create", &nw], T);
     let port = free_port();
     let web = unique_name("web");
     let cli = unique_name("cli");
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &web,
-        "--network",
-        &nw,
-        "-p",
-        &format!("127.0.0.1:{port}:80"),
-        &image,
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/etc",
-    ]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &cli,
-        "--network",
-        &nw,
-        &image,
-        "sleep",
-        "300",
-    ]);
+    d.docker_ok(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &web,
+            "--network",
+            &nw,
+            "-p",
+            &format!("127.0.0.1:{port}:80"),
+            &image,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/etc",
+        ],
+        T,
+    );
+    d.docker_ok(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &cli,
+            "--network",
+            &nw,
+            &image,
+            "sleep",
+            "300",
+        ],
+        T,
+    );
     let get = || {
         http_get(&format!("127.0.0.1:{port}"), "/passwd")
             .map(|(c, b)| c == 200 && String::from_utf8_lossy(&b).contains("root:"))
@@ -773,12 +669,12 @@ fn live_restore_keeps_networking_and_a_clean_restart_removes_it() {
         wait_until(Duration::from_secs(15), get),
         "published port before restart"
     );
-    let by_name = |d: &Restartable| {
+    let by_name = |d: &Orcad| {
         let script = format!("printf 'GET /passwd HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {web} 80");
-        out(&d.docker(&["exec", &cli, "sh", "-c", &script])).contains("root:")
+        out(&d.docker(&["exec", &cli, "sh", "-c", &script], T)).contains("root:")
     };
     assert!(by_name(&d), "name resolution before restart");
-    let before: Value = serde_json::from_str(&d.ok(&["inspect", &web])).unwrap();
+    let before: Value = serde_json::from_str(&d.docker_ok(&["inspect", &web], T)).unwrap();
     let ip = before[0]["NetworkSettings"]["Networks"][&nw]["IPAddress"]
         .as_str()
         .unwrap()
@@ -789,41 +685,43 @@ fn live_restore_keeps_networking_and_a_clean_restart_removes_it() {
         link_exists(&b[1]),
         "default bridge removed by a live-restore shutdown"
     );
-    d.start(&["--live-restore"]);
+    d.start_again(&["--live-restore"]);
     assert!(
         wait_until(Duration::from_secs(15), get),
         "published port after restart:\n{}",
         d.log()
     );
     assert!(by_name(&d), "name resolution after restart");
-    let after: Value = serde_json::from_str(&d.ok(&["inspect", &web])).unwrap();
+    let after: Value = serde_json::from_str(&d.docker_ok(&["inspect", &web], T)).unwrap();
     assert_eq!(
         after[0]["NetworkSettings"]["Networks"][&nw]["IPAddress"],
         ip.as_str()
     );
     // A new container does not get the running one's address.
     let third = unique_name("third");
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        &third,
-        "--network",
-        &nw,
-        &image,
-        "sleep",
-        "300",
-    ]);
-    let t: Value = serde_json::from_str(&d.ok(&["inspect", &third])).unwrap();
+    d.docker_ok(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &third,
+            "--network",
+            &nw,
+            &image,
+            "sleep",
+            "300",
+        ],
+        T,
+    );
+    let t: Value = serde_json::from_str(&d.docker_ok(&["inspect", &third], T)).unwrap();
     assert_ne!(
         t[0]["NetworkSettings"]["Networks"][&nw]["IPAddress"],
         ip.as_str()
     );
-    d.ok(&["rm", "-f", &web, &cli, &third]);
-    d.ok(&["network", "rm", &nw]);
+    d.docker_ok(&["rm", "-f", &web, &cli, &third], T);
+    d.docker_ok(&["network", "rm", &nw], T);
     // A clean (not live-restore) shutdown removes everything of this orcad.
-    d.stop();
-    d.start(&[]);
+    d.restart(&[]);
     d.stop();
     assert!(!link_exists(&b[1]), "default bridge left");
     let left = iptables_mentions(&chain);

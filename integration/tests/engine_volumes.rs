@@ -7,15 +7,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use orca_integration::engine_support::{
-    http_unix, net_args, orcad_with_busybox, run_with_limit, DOCKER_CLI,
-};
-use orca_integration::{
-    bin_path, require_root, require_tool, unique_name, wait_until, Containerd, Registry,
-};
+use orca_integration::engine_support::{orcad_with_busybox, run_with_limit, Orcad, DOCKER_CLI};
+use orca_integration::{require_root, require_tool, unique_name, wait_until, Containerd, Registry};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
@@ -651,165 +647,53 @@ fn volumes_in_containers() {
     o.docker_ok(&["volume", "rm", &tv], T);
 }
 
-/// orcad on a fixed data-root that can be stopped and started again.
-struct Daemon {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    containerd: PathBuf,
-    /// Networking flags kept across restarts (own chain prefix, no bridge).
-    net: Vec<String>,
-}
-
-impl Daemon {
-    fn start(containerd: &Containerd) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("orca-vol-")
-            .tempdir()
-            .unwrap();
-        let mut d = Daemon {
-            dir,
-            child: None,
-            containerd: containerd.socket(),
-            net: net_args(&[]),
-        };
-        d.spawn();
-        d
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("orca.sock")
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("orcad.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        let t = self.dir.path();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(t.join("orcad.log"))
-            .unwrap();
-        let log2 = log.try_clone().unwrap();
-        let child = Command::new(bin_path("orcad"))
-            .arg("--containerd")
-            .arg(&self.containerd)
-            .arg("--data-root")
-            .arg(t.join("data"))
-            .arg("--exec-root")
-            .arg(t.join("exec"))
-            .arg("-H")
-            .arg(format!("unix://{}", self.sock().display()))
-            .args(["--log-level", "info,orca_engine=debug"])
-            .arg("--cgroup-parent")
-            .arg(format!("/orca-vol-test-{}", std::process::id()))
-            .args(&self.net)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .expect("start orcad");
-        self.child = Some(child);
-        let ok = wait_until(Duration::from_secs(30), || {
-            matches!(http_unix(&self.sock(), "GET", "/_ping", None), Ok((200, _)))
-        });
-        assert!(ok, "orcad did not come up:\n{}", self.log());
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            if !wait_until(Duration::from_secs(20), || {
-                matches!(c.try_wait(), Ok(Some(_)))
-            }) {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-
-    #[track_caller]
-    fn docker_ok(&self, args: &[&str]) -> String {
-        let mut c = Command::new(DOCKER_CLI);
-        let cfg = self.dir.path().join("docker-config");
-        let _ = fs::create_dir_all(&cfg);
-        c.env("DOCKER_HOST", format!("unix://{}", self.sock().display()))
-            .env("DOCKER_CONFIG", &cfg)
-            .env_remove("DOCKER_CONTEXT")
-            .env_remove("DOCKER_API_VERSION")
-            .stdin(Stdio::null())
-            .args(args);
-        let o = run_with_limit(&mut c, T).unwrap();
-        assert!(
-            o.status.success(),
-            "docker {args:?}: {}\n{}\n--- log ---\n{}",
-            out(&o),
-            err(&o),
-            self.log()
-        );
-        out(&o)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() {
-            eprintln!("--- orcad log ---\n{}", self.log());
-        }
-    }
-}
-
 #[test]
 fn volume_survives_orcad_restart() {
     require_root();
     require_tool(DOCKER_CLI);
     let c = Containerd::start();
     let (_reg, image) = Registry::with_busybox();
-    let mut d = Daemon::start(&c);
-    d.docker_ok(&["pull", &image]);
+    let mut d = Orcad::start(&c);
+    d.docker_ok(&["pull", &image], T);
     let v = unique_name("keep");
-    d.docker_ok(&["volume", "create", "--label", "l=1", &v]);
+    d.docker_ok(&["volume", "create", "--label", "l=1", &v], T);
     let ctr = unique_name("w");
-    d.docker_ok(&[
-        "run",
-        "--name",
-        &ctr,
-        "-v",
-        &format!("{v}:/d"),
-        &image,
-        "sh",
-        "-c",
-        "echo persisted > /d/f",
-    ]);
-    d.stop();
-    d.spawn();
-    let i = json(&d.docker_ok(&["volume", "inspect", &v]))[0].clone();
+    d.docker_ok(
+        &[
+            "run",
+            "--name",
+            &ctr,
+            "-v",
+            &format!("{v}:/d"),
+            &image,
+            "sh",
+            "-c",
+            "echo persisted > /d/f",
+        ],
+        T,
+    );
+    d.restart(&[]);
+    let i = json(&d.docker_ok(&["volume", "inspect", &v], T))[0].clone();
     assert_eq!(i["Labels"]["l"], "1", "{i}");
-    let got = d.docker_ok(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{v}:/d"),
-        &image,
-        "cat",
-        "/d/f",
-    ]);
+    let got = d.docker_ok(
+        &[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{v}:/d"),
+            &image,
+            "cat",
+            "/d/f",
+        ],
+        T,
+    );
     assert_eq!(got.trim(), "persisted");
     // Still referenced by the stopped container after the restart.
-    let mut cmd = Command::new(DOCKER_CLI);
-    cmd.env("DOCKER_HOST", format!("unix://{}", d.sock().display()))
-        .env("DOCKER_CONFIG", d.dir.path().join("docker-config"))
-        .args(["volume", "rm", &v]);
-    let r = run_with_limit(&mut cmd, T).unwrap();
+    let r = d.docker(&["volume", "rm", &v], T);
     assert!(err(&r).contains("volume is in use"), "{}", err(&r));
-    d.docker_ok(&["rm", &ctr]);
-    d.docker_ok(&["volume", "rm", &v]);
-    assert!(!d.dir.path().join("data/volumes").join(&v).exists());
+    d.docker_ok(&["rm", &ctr], T);
+    d.docker_ok(&["volume", "rm", &v], T);
+    assert!(!d.data_root().join("volumes").join(&v).exists());
 }
 
 /// Debian's docker-compose 1.29: a named project volume (created through
