@@ -412,6 +412,24 @@ impl TransferService {
                 "ImageStore.extra_references with is_prefix is not supported".into(),
             ));
         }
+        // Pulls fetch one platform's manifest tree; say so instead of
+        // silently fetching less than was asked for.
+        if dst.platforms.len() > 1 {
+            return Err(Error::Unimplemented(
+                "pulling several platforms (ImageStore.platforms) is not supported: name one"
+                    .into(),
+            ));
+        }
+        if dst.all_metadata {
+            return Err(Error::Unimplemented(
+                "ImageStore.all_metadata is not supported".into(),
+            ));
+        }
+        if dst.manifest_limit != 0 {
+            return Err(Error::Unimplemented(
+                "ImageStore.manifest_limit is not supported".into(),
+            ));
+        }
         let platform = dst
             .platforms
             .first()
@@ -1124,6 +1142,11 @@ impl TransferService {
         let remote = self
             .remote_for(ns, &dst.reference, dst.resolver.as_ref(), true)
             .await?;
+        if src.platforms.len() > 1 {
+            return Err(Error::Unimplemented(
+                "pushing several platforms (ImageStore.platforms) is not supported: name one or none".into(),
+            ));
+        }
         let platform = src.platforms.first().cloned();
         let pushed = self
             .push_tree(
