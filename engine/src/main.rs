@@ -237,6 +237,13 @@ fn remove_sockets(s: &config::DaemonSettings) {
 }
 
 async fn run_daemon(s: &config::DaemonSettings) -> anyhow::Result<()> {
+    // Signal handlers before anything else: a SIGTERM/SIGINT that arrives
+    // while orcad starts (networking, restore) is kept and handled as soon
+    // as it serves, with a clean shutdown, instead of killing it half-way.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install a SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot install a SIGINT handler")?;
     // Listeners first (TLS files read, ports bound): a bad file or a busy
     // port fails the start before any container is touched. Clients that
     // connect meanwhile wait in the backlog until the engine is ready.
@@ -290,12 +297,10 @@ async fn run_daemon(s: &config::DaemonSettings) -> anyhow::Result<()> {
     };
     let hosts: Vec<String> = s.hosts.iter().map(|h| h.display()).collect();
     tracing::info!(hosts = %hosts.join(","), tls = s.tls.is_some(), live_restore = s.live_restore, "orcad listening");
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("cannot install a SIGTERM handler");
+    let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
         }
     };
     let served = tls::serve_all(engine.clone(), listeners, shutdown).await;
