@@ -22,6 +22,7 @@ pub mod io;
 pub mod log;
 pub mod metrics;
 pub mod mount;
+pub mod oom;
 pub mod options;
 pub mod process;
 pub mod reaper;

@@ -116,8 +116,18 @@ pub fn options_from_bootstrap(bytes: &[u8]) -> Option<Options> {
     parse_options(&Some(any).into()).ok()
 }
 
-/// Watches the v1 memory cgroup for OOM events (`cgroup.event_control`).
+/// Watches the container's memory cgroup for OOM kills and publishes
+/// TaskOOM: `memory.events` on a pure cgroup v2 host (see `oom`), else the
+/// v1 memory cgroup (`cgroup.event_control`).
 fn watch_oom(pid: u32, container_id: String, events: Publisher) {
+    if let Some(file) = crate::oom::memory_events_of(pid) {
+        crate::oom::watch_memory_events(file, move || {
+            let mut e = ev::TaskOOM::new();
+            e.container_id = container_id.clone();
+            events.publish(&e);
+        });
+        return;
+    }
     let Some(dir) = crate::metrics::memory_cgroup_dir(pid) else {
         return;
     };
