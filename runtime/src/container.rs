@@ -7,12 +7,13 @@ use crate::init::{self, InitConfig, InitKind};
 use crate::namespaces::{self, NamespacePlan};
 use crate::state::{proc_start_time, ContainerState, StateStore, Status, EXEC_FIFO};
 use crate::sync::{self, Msg};
+use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,6 +64,54 @@ fn clone_child(flags: CloneFlags) -> Result<Option<Pid>> {
     }
 }
 
+/// `struct clone_args` of clone3(2), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Like [`clone_child`], but the child starts in the cgroup2 directory `cgroup` (no write to
+/// `cgroup.procs`, so no wait for the kernel's threadgroup lock). `Err` when the kernel
+/// refuses; the caller then falls back to [`clone_child`] and `cgroup.procs`.
+fn clone_child_into_cgroup(flags: CloneFlags, cgroup: &OwnedFd) -> Result<Option<Pid>> {
+    let args = CloneArgs {
+        flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed; no CLONE_VM and a null stack
+    // make this behave like fork(2) (see clone_child).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match r {
+        -1 => Err(RuntimeError::Sys {
+            context: format!("clone3({flags:?} | CLONE_INTO_CGROUP)"),
+            source: nix::Error::last(),
+        }),
+        0 => Ok(None),
+        pid => Ok(Some(Pid::from_raw(pid as i32))),
+    }
+}
+
 /// Run the parent half of the setup protocol; returns the init pid once it is Ready.
 #[allow(clippy::too_many_arguments)]
 fn spawn_and_supervise(
@@ -83,17 +132,58 @@ fn spawn_and_supervise(
     } else {
         CloneFlags::empty()
     };
-    let child = match clone_child(flags)? {
+    // Fast path without a new user namespace (whose child could not write the host's
+    // cgroupfs): the clone lands in the cgroup2 directory and the child joins the v1 ones
+    // itself, so nobody writes `cgroup.procs` (see CgroupPaths::join_v1_self).
+    let into = match cgroup {
+        Some(cg) if fast && !plan.creates(LinuxNamespaceType::User) => cg
+            .paths()
+            .v2_dir()
+            .and_then(|d| {
+                nix::fcntl::open(
+                    d,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .ok()
+            })
+            // SAFETY: `open` just returned this descriptor; nothing else owns it.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+        _ => None,
+    };
+    let mut cfg = cfg;
+    let cloned = match &into {
+        Some(fd) => match clone_child_into_cgroup(flags, fd) {
+            Ok(c) => {
+                cfg.join_cgroup_self = true;
+                Some(c)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "clone3 into the cgroup failed; using cgroup.procs");
+                None
+            }
+        },
+        None => None,
+    };
+    let cloned = match cloned {
+        Some(c) => c,
+        None => clone_child(flags)?,
+    };
+    let child = match cloned {
         None => {
             drop(parent_end);
+            drop(into);
             init::child_main(cfg, child_end)
         }
         Some(pid) => pid,
     };
+    drop(into);
     drop(child_end);
     *spawned = Some(child);
     if let Some(cg) = cgroup {
-        cg.add_task(child.as_raw())?;
+        if !cfg.join_cgroup_self {
+            cg.add_task(child.as_raw())?;
+        }
     }
     if fast && plan.creates(LinuxNamespaceType::User) {
         init::write_id_maps(child, spec)?;
@@ -368,6 +458,7 @@ fn create_inner(
         preserve_fds: opts.preserve_fds,
         no_new_keyring: opts.no_new_keyring,
         cloned_with_namespaces: plan.join.is_empty(),
+        join_cgroup_self: false,
     };
     let hooks = spec.hooks().clone();
     let seccomp_listener = linux
@@ -748,6 +839,7 @@ pub fn exec(store: &StateStore, id: &str, process: &Process, opts: &ExecOptions)
         preserve_fds: opts.preserve_fds,
         no_new_keyring: true,
         cloned_with_namespaces: false,
+        join_cgroup_self: false,
     };
     let mut spawned_pid = None;
     let result = spawn_and_supervise(

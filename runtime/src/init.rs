@@ -42,6 +42,9 @@ pub struct InitConfig<'a> {
     pub no_new_keyring: bool,
     /// True when the namespaces were created by the clone itself (single-clone fast path).
     pub cloned_with_namespaces: bool,
+    /// Set by the runtime when the clone already put the child into the cgroup2 directory
+    /// (`CLONE_INTO_CGROUP`) and the child joins the v1 directories itself, first thing.
+    pub join_cgroup_self: bool,
 }
 
 /// Entry point of the forked child. Never returns.
@@ -67,6 +70,13 @@ pub fn child_main(cfg: InitConfig, sync: Channel) -> ! {
 enum Never {}
 
 fn run(cfg: &InitConfig, sync: &Channel) -> Result<Never> {
+    if cfg.join_cgroup_self {
+        if let Some(paths) = cfg.cgroup {
+            paths
+                .join_v1_self()
+                .map_err(|e| RuntimeError::other(format!("joining the container's cgroup: {e}")))?;
+        }
+    }
     // Keep other processes in the container away from this one (and its /proc/<pid>/exe)
     // until it has executed the container's program.
     nix::sys::prctl::set_dumpable(false).ctx(|| "prctl(PR_SET_DUMPABLE)")?;

@@ -93,14 +93,85 @@ pub fn decode_refs(name: &str, bytes: &[u8]) -> Result<SnapshotRefs> {
 /// The overlayfs snapshotter.
 pub struct OverlaySnapshotter {
     dir: PathBuf,
+    /// `<root>/snapshots.trash`: directories of removed snapshots, renamed
+    /// there (same filesystem, atomic) and deleted by a background thread.
+    trash: PathBuf,
     meta: Arc<MetadataStore>,
+}
+
+/// Distinguishes trash entries of one process.
+static TRASH_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Deletes `paths` on a background thread (inline if no thread can be made).
+fn remove_in_background(paths: Vec<PathBuf>) {
+    if paths.is_empty() {
+        return;
+    }
+    let work = move || {
+        for p in paths {
+            if let Err(e) = fs::remove_dir_all(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %p.display(), error = %e, "cannot remove snapshot directory");
+                }
+            }
+        }
+    };
+    let shared = Arc::new(std::sync::Mutex::new(Some(work)));
+    let theirs = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("snapshot-rm".into())
+        .spawn(move || {
+            if let Some(w) = theirs.lock().ok().and_then(|mut g| g.take()) {
+                w()
+            }
+        });
+    if spawned.is_err() {
+        if let Some(w) = shared.lock().ok().and_then(|mut g| g.take()) {
+            w()
+        }
+    }
 }
 
 impl OverlaySnapshotter {
     pub fn open(root: &Path, meta: Arc<MetadataStore>) -> Result<OverlaySnapshotter> {
         let dir = root.join("snapshots");
         fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
-        Ok(OverlaySnapshotter { dir, meta })
+        let trash = root.join("snapshots.trash");
+        fs::create_dir_all(&trash).ctx(|| format!("create {}", trash.display()))?;
+        // Leftovers of removals a previous run did not finish.
+        let leftovers = fs::read_dir(&trash)
+            .ctx(|| format!("read {}", trash.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        remove_in_background(leftovers);
+        Ok(OverlaySnapshotter { dir, trash, meta })
+    }
+
+    /// Takes a snapshot directory out of `snapshots/` at once (a rename) and
+    /// deletes it in the background: removing an upper layer can take tens
+    /// of milliseconds, which no caller needs to wait for (containerd also
+    /// removes snapshot directories after the call, in its GC). Falls back
+    /// to removing in place if the rename fails.
+    fn discard_dir(&self, d: &Path) {
+        let seq = TRASH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(
+            "{}-{}-{seq}",
+            d.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            std::process::id()
+        );
+        let to = self.trash.join(name);
+        match fs::rename(d, &to) {
+            Ok(()) => remove_in_background(vec![to]),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::debug!(dir = %d.display(), error = %e, "cannot move snapshot directory to the trash");
+                if let Err(e) = fs::remove_dir_all(d) {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot remove snapshot directory");
+                }
+            }
+        }
     }
 
     fn snapshot_dir(&self, id: u64) -> PathBuf {
@@ -344,10 +415,7 @@ impl OverlaySnapshotter {
             }
             Ok(r)
         })?;
-        let d = self.snapshot_dir(rec.id);
-        if let Err(e) = fs::remove_dir_all(&d) {
-            tracing::warn!(dir = %d.display(), error = %e, "cannot remove snapshot directory");
-        }
+        self.discard_dir(&self.snapshot_dir(rec.id));
         Ok(())
     }
 
@@ -440,5 +508,42 @@ mod tests {
         s.remove("ns", "v1").unwrap();
         s.remove("ns", "c1").unwrap();
         assert!(s.list("ns").unwrap().is_empty());
+    }
+
+    fn entries(d: &Path) -> Vec<std::ffi::OsString> {
+        fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    }
+
+    #[test]
+    fn removed_directories_leave_at_once_and_are_deleted_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Arc::new(MetadataStore::open(dir.path()).unwrap());
+        // A leftover of an earlier run that stopped mid-removal.
+        let stale = dir.path().join("snapshots.trash/7-1-0/fs/etc");
+        fs::create_dir_all(&stale).unwrap();
+        fs::write(stale.join("f"), b"x").unwrap();
+        let s = OverlaySnapshotter::open(dir.path(), meta).unwrap();
+        s.prepare("ns", "k1", "", HashMap::new(), None).unwrap();
+        let snaps = dir.path().join("snapshots");
+        assert_eq!(entries(&snaps).len(), 1);
+        let upper = snaps.join(entries(&snaps)[0].clone()).join("fs");
+        fs::create_dir_all(upper.join("a/b")).unwrap();
+        fs::write(upper.join("a/b/c"), vec![0u8; 4096]).unwrap();
+        s.remove("ns", "k1").unwrap();
+        assert!(entries(&snaps).is_empty(), "{:?}", entries(&snaps));
+        let trash = dir.path().join("snapshots.trash");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !entries(&trash).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "trash not emptied: {:?}",
+                entries(&trash)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(matches!(s.remove("ns", "k1"), Err(Error::NotFound(_))));
     }
 }

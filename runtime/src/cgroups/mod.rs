@@ -138,6 +138,26 @@ impl CgroupPaths {
         self.paths.get(key).map(PathBuf::as_path)
     }
 
+    /// The cgroup2 directory (hybrid's unified one, or the only one on v2), if any.
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.get(UNIFIED_KEY)
+    }
+
+    /// Moves the calling thread, which must be its process's only thread, into every v1
+    /// directory by writing "0" to `tasks`. Unlike writing a pid to `cgroup.procs`, this
+    /// does not take the kernel's global threadgroup lock, whose first writer waits a full
+    /// RCU grace period (5–15 ms on these machines). The cgroup2 directory is left out: it
+    /// is joined by `clone3(CLONE_INTO_CGROUP)`.
+    pub fn join_v1_self(&self) -> Result<(), CgroupError> {
+        let v2 = self.v2_dir();
+        for dir in self.unique_dirs() {
+            if Some(dir) != v2 {
+                files::write(dir, "tasks", "0")?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every distinct directory (co-mounted controllers such as `cpu,cpuacct` share one).
     pub fn unique_dirs(&self) -> Vec<&Path> {
         let mut dirs: Vec<&Path> = Vec::new();
