@@ -563,13 +563,7 @@ fn check_host_config(hc: &Value) -> Result<()> {
     for (k, what) in [
         ("Links", "HostConfig.Links"),
         ("Devices", "HostConfig.Devices"),
-        ("Init", "HostConfig.Init (docker-init)"),
-        ("ExtraHosts", "HostConfig.ExtraHosts"),
-        ("Dns", "HostConfig.Dns"),
-        ("DnsSearch", "HostConfig.DnsSearch"),
-        ("DnsOptions", "HostConfig.DnsOptions"),
         ("GroupAdd", "HostConfig.GroupAdd"),
-        ("Sysctls", "HostConfig.Sysctls"),
         ("VolumeDriver", "HostConfig.VolumeDriver"),
     ] {
         if nonempty(k) {
@@ -593,6 +587,7 @@ fn check_host_config(hc: &Value) -> Result<()> {
         }
     }
     crate::network::portmap::check(hc)?;
+    crate::networks::check_hosts_and_dns(hc)?;
     match hc["NetworkMode"].as_str().unwrap_or("") {
         m @ "container" => return ni(&format!("network mode {m:?}")),
         m if m.starts_with("container:") => return ni(&format!("network mode {m:?}")),
@@ -1580,29 +1575,7 @@ impl Containers {
         fs::create_dir_all(self.exec_dir(&id))?;
         let hn = &rec.config.hostname;
         fs::write(&rec.hostname_path, format!("{hn}\n"))?;
-        fs::write(
-            &rec.hosts_path,
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
-                 fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
-                 ff02::2\tip6-allrouters\n127.0.0.1\t{hn}\n"
-            ),
-        )?;
-        // The container's netns is loopback-only: keep the host's search
-        // options, drop loopback nameservers (they would point into the
-        // container itself).
-        let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let resolv: String = host_resolv
-            .lines()
-            .filter(|l| {
-                let mut w = l.split_whitespace();
-                !(w.next() == Some("nameserver")
-                    && w.next()
-                        .is_some_and(|a| a.starts_with("127.") || a == "::1"))
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        fs::write(&rec.resolv_conf_path, resolv)?;
+        self.networks.write_files(&rec)?;
         File::create(&rec.log_path)?;
         self.save(&rec)?;
 

@@ -720,35 +720,42 @@ impl Networks {
         }
     }
 
-    /// /etc/hosts and /etc/resolv.conf of `rec` for its network mode and
-    /// addresses (written in place: they are bind-mounted).
+    /// /etc/hosts and /etc/resolv.conf of `rec` for its network mode,
+    /// addresses and `ExtraHosts`/`Dns`/`DnsSearch`/`DnsOptions` (written in
+    /// place: they are bind-mounted). Also used at create, before any address.
     pub fn write_files(&self, rec: &Record) -> Result<()> {
-        let mode = rec.host_config["NetworkMode"].as_str().unwrap_or("");
+        let hc = &rec.host_config;
+        let mode = hc["NetworkMode"].as_str().unwrap_or("");
         let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        if mode == "host" {
-            fs::write(&rec.hosts_path, fs::read("/etc/hosts").unwrap_or_default())?;
-            fs::write(&rec.resolv_conf_path, host_resolv)?;
-            return Ok(());
-        }
-        let hn = &rec.config.hostname;
-        let own = rec
-            .networks
-            .values()
-            .find(|e| !e.ip.is_empty())
-            .map(|e| e.ip.clone())
-            .unwrap_or_else(|| "127.0.0.1".into());
-        fs::write(
-            &rec.hosts_path,
+        let extra = extra_hosts(hc)?;
+        let mut hosts = if mode == "host" {
+            String::from_utf8_lossy(&fs::read("/etc/hosts").unwrap_or_default()).into_owned()
+        } else {
+            let hn = &rec.config.hostname;
+            let own = rec
+                .networks
+                .values()
+                .find(|e| !e.ip.is_empty())
+                .map(|e| e.ip.clone())
+                .unwrap_or_else(|| "127.0.0.1".into());
             format!(
                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
                  fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
                  ff02::2\tip6-allrouters\n{own}\t{hn}\n"
-            ),
-        )?;
+            )
+        };
+        if !hosts.is_empty() && !hosts.ends_with('\n') {
+            hosts.push('\n');
+        }
+        for (name, ip) in &extra {
+            hosts.push_str(&format!("{ip}\t{name}\n"));
+        }
         // On a user-defined network the embedded DNS (its gateway) answers;
         // otherwise the host's non-loopback nameservers (loopback ones
-        // would point into the container itself).
-        let dns_gw = {
+        // would point into the container itself), unless `Dns` names others.
+        let dns_gw = if mode == "host" {
+            None
+        } else {
             let map = lock(&self.map);
             rec.networks
                 .values()
@@ -756,25 +763,52 @@ impl Networks {
                 .find(|n| !n.predefined && lock(&self.dns).contains_key(&n.id))
                 .map(|n| n.gateway.clone())
         };
-        let mut resolv: String = host_resolv
-            .lines()
-            .filter(|l| {
-                let mut w = l.split_whitespace();
-                match w.next() {
-                    Some("nameserver") => {
-                        dns_gw.is_none()
-                            && !w
-                                .next()
-                                .is_some_and(|a| a.starts_with("127.") || a == "::1")
-                    }
-                    _ => true,
-                }
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        if let Some(gw) = dns_gw {
-            resolv = format!("nameserver {gw}\n{resolv}");
+        let dns = str_list(&hc["Dns"]);
+        let search = str_list(&hc["DnsSearch"]);
+        let options = str_list(&hc["DnsOptions"]);
+        if !dns.is_empty() && dns_gw.is_some() {
+            return Err(EngineError::NotImplemented(
+                "HostConfig.Dns on a user-defined network (its embedded DNS forwards to the host's nameservers) is not implemented in orcad yet".into(),
+            ));
         }
+        for a in &dns {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                return Err(EngineError::BadRequest(format!("{a} is not an ip address")));
+            }
+        }
+        let mut resolv = String::new();
+        if let Some(gw) = &dns_gw {
+            resolv.push_str(&format!("nameserver {gw}\n"));
+        }
+        for a in &dns {
+            resolv.push_str(&format!("nameserver {a}\n"));
+        }
+        for l in host_resolv.lines() {
+            let mut w = l.split_whitespace();
+            let keep = match w.next() {
+                Some("nameserver") => {
+                    (mode == "host" || (dns_gw.is_none() && dns.is_empty()))
+                        && (mode == "host"
+                            || !w
+                                .next()
+                                .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+                }
+                Some("search" | "domain") => search.is_empty(),
+                Some("options") => options.is_empty(),
+                _ => true,
+            };
+            if keep {
+                resolv.push_str(l);
+                resolv.push('\n');
+            }
+        }
+        if !search.is_empty() {
+            resolv.push_str(&format!("search {}\n", search.join(" ")));
+        }
+        if !options.is_empty() {
+            resolv.push_str(&format!("options {}\n", options.join(" ")));
+        }
+        fs::write(&rec.hosts_path, hosts)?;
         fs::write(&rec.resolv_conf_path, resolv)?;
         Ok(())
     }
@@ -1264,4 +1298,53 @@ pub async fn disconnect(engine: &crate::Engine, key: &str, body: &Value) -> Resu
         );
     }
     Ok(())
+}
+
+/// Checks `ExtraHosts` and `Dns` at create, before anything is made.
+pub fn check_hosts_and_dns(hc: &Value) -> Result<()> {
+    extra_hosts(hc)?;
+    for a in str_list(&hc["Dns"]) {
+        if a.parse::<std::net::IpAddr>().is_err() {
+            return Err(EngineError::BadRequest(format!("{a} is not an ip address")));
+        }
+    }
+    Ok(())
+}
+
+/// `HostConfig.ExtraHosts` (`name:ip`, the docker CLI's `--add-host`; an
+/// IPv6 address keeps its colons) as (name, ip) pairs.
+fn extra_hosts(hc: &Value) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for e in str_list(&hc["ExtraHosts"]) {
+        let (name, ip) = e
+            .split_once(':')
+            .or_else(|| e.split_once('='))
+            .ok_or_else(|| {
+                EngineError::BadRequest(format!("invalid extra host entry {e:?}: expected name:ip"))
+            })?;
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        if ip == "host-gateway" {
+            return Err(EngineError::NotImplemented(
+                "--add-host NAME:host-gateway is not implemented in orcad yet".into(),
+            ));
+        }
+        if name.is_empty() || ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(EngineError::BadRequest(format!(
+                "invalid IP address in add-host: {ip:?}"
+            )));
+        }
+        out.push((name.to_string(), ip.to_string()));
+    }
+    Ok(out)
+}
+
+/// A JSON array of strings (anything else: empty).
+fn str_list(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }

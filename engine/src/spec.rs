@@ -823,7 +823,100 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
     if !rl.is_empty() {
         spec["process"]["rlimits"] = json!(rl);
     }
+    let sysctls = sysctls(hc)?;
+    if !sysctls.is_empty() {
+        spec["linux"]["sysctl"] = json!(sysctls);
+    }
+    if hc["Init"].as_bool().unwrap_or(false) {
+        add_init(&mut spec)?;
+    }
     Ok(spec)
+}
+
+/// Where Docker puts its init inside the container.
+const INIT_DEST: &str = "/sbin/docker-init";
+
+/// dockerd's `docker-init` (tini; Debian's docker.io links it to
+/// tini-static): the first `docker-init` on PATH, then the usual places.
+pub fn find_init() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/libexec/docker".into(), "/usr/lib/docker".into()])
+        .map(|d| d.join("docker-init"))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+}
+
+/// `HostConfig.Init`: the init binary bind-mounted read-only at
+/// /sbin/docker-init and run as `docker-init -- ARGS…` (it reaps zombies and
+/// forwards signals to the command), as dockerd does.
+fn add_init(spec: &mut Value) -> Result<()> {
+    let init = find_init().ok_or_else(|| {
+        EngineError::BadRequest(
+            "HostConfig.Init: no docker-init binary found on orcad's PATH (Debian: the tini package's tini-static, linked as docker-init by docker.io)".into(),
+        )
+    })?;
+    if let Some(m) = spec["mounts"].as_array_mut() {
+        m.push(json!({
+            "destination": INIT_DEST,
+            "type": "bind",
+            "source": init.display().to_string(),
+            "options": ["bind", "ro"],
+        }));
+    }
+    let args = spec["process"]["args"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut with_init = vec![json!(INIT_DEST), json!("--")];
+    with_init.extend(args);
+    spec["process"]["args"] = json!(with_init);
+    Ok(())
+}
+
+/// `HostConfig.Sysctls`: only namespaced ones, as dockerd allows them (IPC
+/// sysctls, `fs.mqueue.*`, and `net.*` when the container has its own
+/// network namespace).
+fn sysctls(hc: &Value) -> Result<serde_json::Map<String, Value>> {
+    let mut out = serde_json::Map::new();
+    let Some(m) = hc["Sysctls"].as_object() else {
+        if hc["Sysctls"].is_null() {
+            return Ok(out);
+        }
+        return Err(EngineError::BadRequest(
+            "HostConfig.Sysctls must be an object of strings".into(),
+        ));
+    };
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let host_net = hc["NetworkMode"] == "host";
+    for (k, v) in m {
+        let Some(v) = v.as_str() else {
+            return Err(EngineError::BadRequest(format!(
+                "HostConfig.Sysctls: the value of {k:?} must be a string"
+            )));
+        };
+        let allowed = IPC.contains(&k.as_str())
+            || k.starts_with("fs.mqueue.")
+            || (k.starts_with("net.") && !host_net);
+        if !allowed {
+            return Err(EngineError::BadRequest(if k.starts_with("net.") {
+                format!("sysctl {k:?} not allowed in host network namespace")
+            } else {
+                format!("sysctl {k:?} is not allowed")
+            }));
+        }
+        out.insert(k.clone(), json!(v));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -73,6 +73,29 @@ fn docker_cli_runs_containers_on_the_all_orca_stack() {
     );
     assert_eq!(out.status.code(), Some(3), "exit code through every layer");
 
+    // --init on orca-runtime: docker-init bind-mounted onto a path the image
+    // lacks (/sbin), PID 1, the command's exit code passed through.
+    let out = orcad.docker(
+        &[
+            "run",
+            "--rm",
+            "--init",
+            &image,
+            "sh",
+            "-c",
+            "tr '\\0' ' ' < /proc/1/cmdline; exit 4",
+        ],
+        T,
+    );
+    assert!(
+        text(&out.stdout).starts_with("/sbin/docker-init -- sh -c"),
+        "{}\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        diag()
+    );
+    assert_eq!(out.status.code(), Some(4));
+
     let name = unique_name("stack");
     let out = orcad.docker(
         &[
