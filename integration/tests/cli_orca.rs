@@ -258,6 +258,46 @@ fn orca_run_output_exit_codes_and_stdin() {
     assert_eq!(stdout(&out), "out\n");
     assert_eq!(stderr(&out), "err\n");
 
+    // --init, --sysctl, --add-host, --dns* reach the container.
+    let out = orca(
+        &o,
+        &[
+            "run",
+            "--rm",
+            "--init",
+            "--sysctl",
+            "kernel.shmmni=1234",
+            "--add-host",
+            "db.example:10.1.2.3",
+            "--dns",
+            "192.0.2.53",
+            "--dns-search",
+            "corp.example",
+            &image,
+            "sh",
+            "-c",
+            "tr '\\0' ' ' < /proc/1/cmdline; echo; cat /proc/sys/kernel/shmmni /etc/hosts /etc/resolv.conf",
+        ],
+    );
+    assert_success(&out, "orca run --init --sysctl --add-host --dns");
+    let got = stdout(&out);
+    let mut lines = got.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap_or("")
+            .starts_with("/sbin/docker-init -- sh -c"),
+        "{got}"
+    );
+    assert_eq!(lines.next(), Some("1234"), "{got}");
+    for want in [
+        "10.1.2.3\tdb.example",
+        "nameserver 192.0.2.53",
+        "search corp.example",
+    ] {
+        assert!(got.lines().any(|l| l == want), "{want:?} missing:\n{got}");
+    }
+
     let out = orca(&o, &["run", "--rm", &image, "no-such-command-here"]);
     assert_eq!(code(&out), 127, "stderr: {}", stderr(&out));
     let e = stderr(&out);

@@ -154,6 +154,31 @@ pub fn container_config(a: &RunArgs, lookup_env: &dyn Fn(&str) -> Option<String>
     if !a.volumes_from.is_empty() {
         host["VolumesFrom"] = json!(a.volumes_from);
     }
+    if a.init {
+        host["Init"] = json!(true);
+    }
+    if !a.sysctl.is_empty() {
+        let mut m = Map::new();
+        for kv in &a.sysctl {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                usage(format!(
+                    "invalid argument \"{kv}\" for \"--sysctl\" flag: sysctl '{kv}' is not allowed"
+                ))
+            })?;
+            m.insert(k.to_string(), json!(v));
+        }
+        host["Sysctls"] = Value::Object(m);
+    }
+    for (key, list) in [
+        ("ExtraHosts", &a.add_host),
+        ("Dns", &a.dns),
+        ("DnsSearch", &a.dns_search),
+        ("DnsOptions", &a.dns_option),
+    ] {
+        if !list.is_empty() {
+            host[key] = json!(list);
+        }
+    }
     if !a.cap_add.is_empty() {
         host["CapAdd"] = json!(a.cap_add);
     }
