@@ -43,6 +43,13 @@ pub struct ProcessIo {
     stdin_stop: Mutex<Option<OwnedFd>>,
     /// The pty master, for resizes.
     console: Option<OwnedFd>,
+    /// Our own descriptor of the pty's slave side, held while the process
+    /// runs: without it the master can report EIO when the process's last
+    /// slave descriptor closes before its final output has been read (the
+    /// kernel may drop it), so a short `tty; exit` could lose its output.
+    /// Dropped at the process's exit, after which the copier reads what is
+    /// buffered and then sees EIO.
+    slave_hold: Mutex<Option<OwnedFd>>,
 }
 
 impl ProcessIo {
@@ -58,9 +65,14 @@ impl ProcessIo {
             .take();
     }
 
-    /// The process is gone: stop the stdin copier.
+    /// The process is gone: stop the stdin copier and let the pty's output
+    /// end once drained.
     pub fn process_exited(&self) {
         self.close_stdin();
+        self.slave_hold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
@@ -285,6 +297,7 @@ pub fn setup_pipes(
             stdin_target: target,
             stdin_stop: Mutex::new(stop_w),
             console: None,
+            slave_hold: Mutex::new(None),
         },
     ))
 }
@@ -381,8 +394,26 @@ fn recv_fd(sock: RawFd) -> Option<OwnedFd> {
     None
 }
 
+/// A descriptor of the slave side of pty `master` (TIOCGPTPEER, Linux
+/// 4.13+: no path lookup, so it works across the container's devpts
+/// instance); None where the kernel lacks it.
+fn open_pty_peer(master: &OwnedFd) -> Option<OwnedFd> {
+    // SAFETY: TIOCGPTPEER takes open(2) flags by value and returns a new
+    // descriptor (or -1); master is an open pty master.
+    let fd = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    // SAFETY: a non-negative result is a fresh descriptor we now own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Starts copying between a pty master and the stdio paths.
 pub fn setup_console(master: OwnedFd, paths: &StdioPaths) -> Result<ProcessIo> {
+    let slave_hold = Mutex::new(open_pty_peer(&master));
     let target = Arc::new(Mutex::new(None));
     let mut stop_w = None;
     if let Some(out) = open_output(&paths.stdout)? {
@@ -406,6 +437,7 @@ pub fn setup_console(master: OwnedFd, paths: &StdioPaths) -> Result<ProcessIo> {
         stdin_target: target,
         stdin_stop: Mutex::new(stop_w),
         console: Some(master),
+        slave_hold,
     })
 }
 
