@@ -899,13 +899,7 @@ impl Containers {
                         _ => (255, util::now()),
                     };
                     self.drain_io(&entry);
-                    let _ = self
-                        .ctrd
-                        .tasks()
-                        .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                            container_id: id.clone(),
-                        }))
-                        .await;
+                    let _ = self.delete_task(&id).await;
                     let mut nr = entry.record();
                     self.networks.release(&mut nr).await;
                     entry.with_rec(|r| {
@@ -1715,13 +1709,7 @@ impl Containers {
         // A leftover task from a previous run (a container that never
         // started has none: its task is deleted when create or start fails).
         if rec.state.started_at != util::ZERO_TIME {
-            let _ = self
-                .ctrd
-                .tasks()
-                .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                    container_id: id.clone(),
-                }))
-                .await;
+            let _ = self.delete_task(&id).await;
         }
         let mounts = self
             .ctrd
@@ -1824,13 +1812,7 @@ impl Containers {
             .await;
         if matches!(&created, Err(s) if s.code() == tonic::Code::AlreadyExists) {
             // A task left by an orcad that died between create and start.
-            let _ = self
-                .ctrd
-                .tasks()
-                .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                    container_id: id.clone(),
-                }))
-                .await;
+            let _ = self.delete_task(&id).await;
             created = self.ctrd.tasks().create(self.ctrd.req(create_req)).await;
         }
         let task_pid = match created {
@@ -1842,13 +1824,7 @@ impl Containers {
             }
         };
         if let Err(e) = self.networks.attach_task(&mut net_rec, task_pid).await {
-            let _ = self
-                .ctrd
-                .tasks()
-                .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                    container_id: id.clone(),
-                }))
-                .await;
+            let _ = self.delete_task(&id).await;
             self.networks.release(&mut net_rec).await;
             unblock(&fifos);
             warn!(id, "network setup failed: {e}");
@@ -1866,13 +1842,7 @@ impl Containers {
         let pid = match started {
             Ok(r) => r.into_inner().pid,
             Err(s) => {
-                let _ = self
-                    .ctrd
-                    .tasks()
-                    .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                        container_id: id.clone(),
-                    }))
-                    .await;
+                let _ = self.delete_task(&id).await;
                 self.networks.release(&mut net_rec).await;
                 unblock(&fifos);
                 return Err(self.start_failed(entry, "failed to start task", s));
@@ -1982,14 +1952,7 @@ impl Containers {
         entry.stdin.set(StdinState::NotOpen);
         let mut io = entry.io_running.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), io.wait_for(|r| !*r)).await;
-        if let Err(s) = self
-            .ctrd
-            .tasks()
-            .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                container_id: id.clone(),
-            }))
-            .await
-        {
+        if let Err(s) = self.delete_task(&id).await {
             if s.code() != tonic::Code::NotFound {
                 warn!(id, "deleting the task failed: {s}");
             }
@@ -2383,14 +2346,19 @@ impl Containers {
         Ok(())
     }
 
-    async fn cleanup_resources(&self, id: &str) -> Result<()> {
-        let _ = self
-            .ctrd
+    /// `Tasks.Delete` of the container's task (its init process).
+    async fn delete_task(&self, id: &str) -> std::result::Result<(), tonic::Status> {
+        self.ctrd
             .tasks()
             .delete(self.ctrd.req(tasks::DeleteTaskRequest {
                 container_id: id.to_string(),
             }))
-            .await;
+            .await
+            .map(drop)
+    }
+
+    async fn cleanup_resources(&self, id: &str) -> Result<()> {
+        let _ = self.delete_task(&id).await;
         match self
             .ctrd
             .containers()
