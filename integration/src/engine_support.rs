@@ -44,7 +44,9 @@ impl Orcad {
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for orcad: {e}"));
         let t = dir.path();
-        let cgroup_parent = format!("/orca-engine-test-{}", std::process::id());
+        // One cgroup parent per orcad: its Drop removes the parent, which
+        // must never be one another test's orcad is creating containers in.
+        let cgroup_parent = format!("/{}", crate::util::unique_name("orca-engine-test"));
         let mut args: Vec<OsString> = vec!["--containerd".into(), containerd_socket.into()];
         args.extend(extra_args.iter().map(OsString::from));
         args.extend(net_args(extra_args).into_iter().map(OsString::from));
