@@ -222,3 +222,37 @@ fn restart_with_orca_shim_keeps_tasks_and_reports_exits_from_the_downtime() {
         .unwrap_or_default();
     assert!(bundles.is_empty(), "bundles left behind: {bundles:?}");
 }
+
+/// A task whose create fails in the runtime (no such executable) leaves no
+/// shim process behind, with either shim: the supervisor tells the shim to
+/// delete and shut down, as containerd does, before it answers the error.
+#[test]
+fn failed_create_leaves_no_shim_running() {
+    require_root();
+    let (_reg, image) = Registry::with_busybox();
+    let s = Supervisor::start();
+    ctr_ok(&s, &["images", "pull", "--plain-http", &image]);
+    for runtime in [ORCA, "io.containerd.runc.v2"] {
+        let id = unique_name("os-nocmd");
+        let out = s.ctr_ns(
+            NS,
+            &["run", "-d", "--runtime", runtime, &image, &id, "no-such-command"],
+        );
+        assert!(!out.status.success(), "{runtime}: create of a missing executable must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no-such-command"), "{runtime}: error names the executable: {err}");
+        let shims = || {
+            orca_integration::util::pids_where_args(|a| {
+                a.iter().any(|x| x == &id) && a.iter().any(|x| x == "-namespace")
+            })
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || shims().is_empty()),
+            "{runtime}: shim processes left after a failed create: {:?}",
+            shims()
+        );
+        assert!(task(&s, &id).is_none(), "{runtime}: no task is listed");
+        // The container record stays (ctr run -d does not remove it), and can be removed.
+        ctr_ok(&s, &["containers", "rm", &id]);
+    }
+}

@@ -345,6 +345,21 @@ fn reject_unsupported(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+/// The spec's seccomp filter as BPF, compiled once per profile and then read from the state
+/// root's cache (`None`: no profile, or a notify profile the init compiles itself).
+fn prepare_seccomp(
+    store: &StateStore,
+    spec: &oci_spec::runtime::Spec,
+) -> Result<Option<crate::seccomp_cache::BpfFilter>> {
+    match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => Ok(crate::seccomp_cache::prepare(
+            profile,
+            Some(&store.seccomp_cache_dir()),
+        )?),
+        None => Ok(None),
+    }
+}
+
 /// `create`: everything up to a process waiting on the exec fifo. Returns the init pid.
 pub fn create(store: &StateStore, id: &str, opts: &CreateOptions) -> Result<i32> {
     create_inner(store, id, opts, false).map(|(pid, _)| pid)
@@ -442,6 +457,7 @@ fn create_inner(
         spec: spec.clone(),
     };
 
+    let seccomp_bpf = prepare_seccomp(store, &spec)?;
     let cfg = InitConfig {
         id,
         spec: &spec,
@@ -458,6 +474,7 @@ fn create_inner(
         preserve_fds: opts.preserve_fds,
         no_new_keyring: opts.no_new_keyring,
         cloned_with_namespaces: plan.join.is_empty(),
+        seccomp_bpf: seccomp_bpf.as_ref(),
         join_cgroup_self: false,
     };
     let hooks = spec.hooks().clone();
@@ -826,6 +843,7 @@ pub fn exec(store: &StateStore, id: &str, process: &Process, opts: &ExecOptions)
         nix::sys::prctl::set_child_subreaper(true).ctx(|| "prctl(PR_SET_CHILD_SUBREAPER)")?;
     }
     let cgroup = state.cgroup.clone().map(CgroupManager::from_paths);
+    let seccomp_bpf = prepare_seccomp(store, &state.spec)?;
     let cfg = InitConfig {
         id,
         spec: &state.spec,
@@ -839,6 +857,7 @@ pub fn exec(store: &StateStore, id: &str, process: &Process, opts: &ExecOptions)
         preserve_fds: opts.preserve_fds,
         no_new_keyring: true,
         cloned_with_namespaces: false,
+        seccomp_bpf: seccomp_bpf.as_ref(),
         join_cgroup_self: false,
     };
     let mut spawned_pid = None;

@@ -42,6 +42,9 @@ pub struct InitConfig<'a> {
     pub no_new_keyring: bool,
     /// True when the namespaces were created by the clone itself (single-clone fast path).
     pub cloned_with_namespaces: bool,
+    /// The container's seccomp filter, compiled (or taken from the cache) by the runtime before
+    /// the clone. `None` with a seccomp profile in the spec: a notify profile, compiled here.
+    pub seccomp_bpf: Option<&'a crate::seccomp_cache::BpfFilter>,
     /// Set by the runtime when the clone already put the child into the cgroup2 directory
     /// (`CLONE_INTO_CGROUP`) and the child joins the v1 directories itself, first thing.
     pub join_cgroup_self: bool,
@@ -144,9 +147,13 @@ fn run(cfg: &InitConfig, sync: &Channel) -> Result<Never> {
 
     let spec = cfg.spec;
     let process = cfg.process;
-    let mut seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
-        Some(s) => Some(SeccompProgram::from_oci(s)?),
-        None => None,
+    let mut seccomp = match (
+        cfg.seccomp_bpf,
+        spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()),
+    ) {
+        (Some(bpf), _) => Some(Filter::Bpf(bpf)),
+        (None, Some(s)) => Some(Filter::Libseccomp(SeccompProgram::from_oci(s)?)),
+        (None, None) => None,
     };
 
     match cfg.kind {
@@ -230,8 +237,8 @@ fn run(cfg: &InitConfig, sync: &Channel) -> Result<Never> {
     }
     let notify = seccomp.as_ref().is_some_and(|s| s.uses_notify());
     if !nnp || notify {
-        if let Some(prog) = seccomp.take() {
-            if let Some(fd) = prog.load()? {
+        if let Some(filter) = seccomp.take() {
+            if let Some(fd) = filter.load()? {
                 sync.send_with_fd(&Msg::SeccompFd, Some(fd.as_raw_fd()))?;
             }
         }
@@ -266,14 +273,34 @@ fn run(cfg: &InitConfig, sync: &Channel) -> Result<Never> {
             crate::hooks::run_all("startContainer", Some(h), &state)?;
         }
     }
-    if let Some(prog) = seccomp.take() {
-        prog.load()?;
+    if let Some(filter) = seccomp.take() {
+        filter.load()?;
     }
     let e = nix::unistd::execve(&c_exe, &c_args, &c_env).unwrap_err();
     Err(RuntimeError::Sys {
         context: format!("exec {:?}", args[0]),
         source: e,
     })
+}
+
+/// The filter the init loads: a prepared BPF program, or libseccomp for notify profiles.
+enum Filter<'a> {
+    Bpf(&'a crate::seccomp_cache::BpfFilter),
+    Libseccomp(SeccompProgram),
+}
+
+impl Filter<'_> {
+    fn uses_notify(&self) -> bool {
+        matches!(self, Filter::Libseccomp(p) if p.uses_notify())
+    }
+
+    /// Loads the filter; the listener fd of a notify profile.
+    fn load(self) -> Result<Option<std::os::fd::OwnedFd>> {
+        match self {
+            Filter::Bpf(b) => b.load().map(|()| None).map_err(Into::into),
+            Filter::Libseccomp(p) => p.load().map_err(Into::into),
+        }
+    }
 }
 
 fn hook_state(cfg: &InitConfig, status: &str, pid: i32) -> Vec<u8> {

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod namespaces;
 pub mod rootfs;
 pub mod seccomp;
+pub mod seccomp_cache;
 pub mod spec;
 pub mod state;
 pub mod sync;

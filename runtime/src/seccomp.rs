@@ -515,6 +515,16 @@ impl SeccompProgram {
         Ok(out)
     }
 
+    /// Write the compiled filter as a raw BPF program (an array of `struct sock_filter`).
+    pub fn export_bpf(&self, fd: impl std::os::fd::AsFd) -> Result<(), SeccompError> {
+        self.ctx
+            .export_bpf(fd)
+            .map_err(|source| SeccompError::Attribute {
+                what: "exporting BPF".into(),
+                source,
+            })
+    }
+
     /// Load the filter into the current process. Returns the notify fd when `uses_notify`.
     pub fn load(self) -> Result<Option<OwnedFd>, SeccompError> {
         self.ctx.load().map_err(SeccompError::Load)?;

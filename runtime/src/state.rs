@@ -106,6 +106,12 @@ impl StateStore {
         &self.root
     }
 
+    /// Where compiled seccomp filters are cached (see `seccomp_cache`). The `@` keeps the name
+    /// out of the container id alphabet, so it can never be a container's directory.
+    pub fn seccomp_cache_dir(&self) -> PathBuf {
+        self.root.join("@seccomp-cache")
+    }
+
     pub fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
     }

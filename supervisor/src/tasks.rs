@@ -429,13 +429,34 @@ impl ShimManager {
             options: pb_any(&opts),
             ..Default::default()
         };
-        let resp = shim
-            .client
-            .create(
-                ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64),
-                &creq,
-            )
-            .map_err(|e| ttrpc_status("shim Create", e))?;
+        let resp = match shim.client.create(
+            ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64),
+            &creq,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                // As containerd: a shim whose Create failed is told to delete
+                // what it has and to shut down, so no shim process outlives a
+                // failed create (the caller then runs `<shim> delete`).
+                let ctx = || ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+                let _ = shim.client.delete(
+                    ctx(),
+                    &shim::DeleteRequest {
+                        id: id.into(),
+                        ..Default::default()
+                    },
+                );
+                let _ = shim.client.shutdown(
+                    ctx(),
+                    &shim::ShutdownRequest {
+                        id: id.into(),
+                        now: true,
+                        ..Default::default()
+                    },
+                );
+                return Err(ttrpc_status("shim Create", e));
+            }
+        };
         tracing::debug!(
             task = id,
             shim_start_ms = started.as_secs_f64() * 1e3,
