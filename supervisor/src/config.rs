@@ -1,7 +1,7 @@
 //! The supervisor's configuration: containerd-style TOML (`root`, `state`,
 //! `[grpc] address`, `[ttrpc] address`, `[debug] level`, `[registry]` for
-//! the transfer service; other keys are ignored), overridden by
-//! command-line flags.
+//! the transfer service, and Orca's own top-level `default_snapshotter`;
+//! other keys are ignored), overridden by command-line flags.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,17 @@ pub struct ConfigFile {
     pub ttrpc: AddressSection,
     pub debug: DebugSection,
     pub registry: RegistryConfig,
+    /// The snapshotter a request that names none uses (`overlayfs`, the
+    /// default, or `native`): an empty `snapshotter` field of a Snapshots
+    /// call, a container or a transfer unpack. `ctr` and orcad always name
+    /// one (their own default is `overlayfs`). If overlayfs cannot be
+    /// mounted on the root's filesystem, the supervisor warns and uses
+    /// `native` instead.
+    ///
+    /// ```toml
+    /// default_snapshotter = "native"
+    /// ```
+    pub default_snapshotter: Option<String>,
 }
 
 /// Registry access for the transfer service (server-side pull and push):
@@ -76,6 +87,8 @@ pub struct Config {
     pub ttrpc_address: PathBuf,
     pub log_level: String,
     pub registry: RegistryConfig,
+    /// `default_snapshotter` from the file (checked when the server starts).
+    pub default_snapshotter: Option<String>,
 }
 
 impl ConfigFile {
@@ -117,6 +130,7 @@ impl Config {
                 .or(file.debug.level)
                 .unwrap_or_else(|| "info".into()),
             registry: file.registry,
+            default_snapshotter: file.default_snapshotter,
         }
     }
 }
@@ -138,6 +152,14 @@ mod tests {
         assert_eq!(c.ttrpc_address, PathBuf::from("/g.sock.ttrpc"));
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.registry, RegistryConfig::default());
+        assert_eq!(c.default_snapshotter, None);
+    }
+
+    #[test]
+    fn default_snapshotter_key() {
+        let file: ConfigFile = toml::from_str("default_snapshotter = \"native\"\n").unwrap();
+        let c = Config::resolve(file, None, None, None, None);
+        assert_eq!(c.default_snapshotter.as_deref(), Some("native"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The diff service's work: applying a layer blob from the content store
 //! onto the mounts of a snapshot (bind mounts are written directly; overlay
 //! mounts are mounted on a private temp dir and written through, so
-//! deletions become overlay whiteouts).
+//! deletions become overlay whiteouts). Computing a layer from two trees
+//! (Diff.Diff) is in [`crate::diff_compare`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,8 +16,9 @@ use crate::layer::{apply_layer, LayerError};
 
 /// Applies layers onto snapshot mounts.
 pub struct LayerApplier {
-    content: Arc<ContentStore>,
-    mount_dir: PathBuf,
+    pub(crate) content: Arc<ContentStore>,
+    /// Where temp mounts go (cleaned at start-up).
+    pub(crate) mount_dir: PathBuf,
 }
 
 /// Media type of what Apply reports having applied.
@@ -31,8 +33,9 @@ impl From<LayerError> for Error {
     }
 }
 
-struct TempMount {
-    path: PathBuf,
+/// A mount on a temp dir: unmounted (detached) and removed on drop.
+pub(crate) struct TempMount {
+    pub(crate) path: PathBuf,
 }
 
 impl Drop for TempMount {

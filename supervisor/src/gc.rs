@@ -5,9 +5,10 @@
 //! (every resource they hold; leases whose `containerd.io/gc.expire` time
 //! has passed are deleted first), and content or snapshots labelled
 //! `containerd.io/gc.root`. References: `containerd.io/gc.ref.content*`
-//! labels name content, `containerd.io/gc.ref.snapshot.overlayfs*` labels
-//! name snapshots (on images, containers, content and snapshots), and a
-//! snapshot references its parent. A lease labelled `containerd.io/gc.flat`
+//! labels name content, `containerd.io/gc.ref.snapshot.<snapshotter>*`
+//! labels name snapshots of that snapshotter (`overlayfs` or `native`; on
+//! images, containers, content and snapshots), and a snapshot references
+//! its parent in the same snapshotter. A lease labelled `containerd.io/gc.flat`
 //! keeps its resources but not what they reference.
 //!
 //! Unmarked content and snapshot records are deleted in the same metadata
@@ -28,7 +29,7 @@ use prost::Message;
 use crate::content::ContentStore;
 use crate::error::Result;
 use crate::metadata::{Kind, MetadataStore};
-use crate::snapshots::{decode_refs, OverlaySnapshotter, SnapshotRefs, OVERLAYFS};
+use crate::snapshots::{decode_refs, Backend, SnapshotRefs, Snapshotters};
 
 pub const LABEL_ROOT: &str = "containerd.io/gc.root";
 pub const LABEL_EXPIRE: &str = "containerd.io/gc.expire";
@@ -49,7 +50,8 @@ pub struct GcStats {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Node {
     Content(String, String),
-    Snapshot(String, String),
+    /// (snapshotter, namespace, key)
+    Snapshot(Backend, String, String),
 }
 
 /// The references named by a record's labels.
@@ -59,8 +61,8 @@ fn label_refs(ns: &str, labels: &HashMap<String, String>, out: &mut Vec<Node>) {
             out.push(Node::Content(ns.to_string(), v.clone()));
         } else if let Some(rest) = k.strip_prefix(LABEL_REF_SNAPSHOT) {
             let snapshotter = rest.split('/').next().unwrap_or("");
-            if snapshotter == OVERLAYFS {
-                out.push(Node::Snapshot(ns.to_string(), v.clone()));
+            if let Some(b) = Backend::from_name(snapshotter) {
+                out.push(Node::Snapshot(b, ns.to_string(), v.clone()));
             }
         }
     }
@@ -78,12 +80,12 @@ fn expired(labels: &HashMap<String, String>, now: chrono::DateTime<chrono::Utc>)
 pub fn collect(
     meta: &MetadataStore,
     content: &ContentStore,
-    snapshots: &OverlaySnapshotter,
+    snapshots: &Snapshotters,
 ) -> Result<GcStats> {
     let now = chrono::Utc::now();
     let mut stats = GcStats::default();
     let mut live_ingests: HashSet<(String, String)> = HashSet::new();
-    let mut removed_ids: Vec<u64> = Vec::new();
+    let mut removed_ids: Vec<(Backend, u64)> = Vec::new();
     let mut kept_digests: HashSet<String> = HashSet::new();
 
     meta.update(|tx| {
@@ -105,14 +107,13 @@ pub fn collect(
             .into_iter()
             .map(|(ns, d, b)| Ok(((ns, d), api::content::Info::decode(b.as_slice())?.labels)))
             .collect::<Result<_>>()?;
-        let snap_recs: HashMap<(String, String), SnapshotRefs> = tx
-            .list_all(Kind::Snapshot)?
-            .into_iter()
-            .map(|(ns, k, b)| {
-                let r = decode_refs(&k, &b)?;
-                Ok(((ns, k), r))
-            })
-            .collect::<Result<_>>()?;
+        let mut snap_recs: HashMap<(Backend, String, String), SnapshotRefs> = HashMap::new();
+        for b in Backend::ALL {
+            for (ns, k, v) in tx.list_all(b.record_kind())? {
+                let r = decode_refs(&k, &v)?;
+                snap_recs.insert((b, ns, k), r);
+            }
+        }
 
         let mut marked: HashSet<Node> = HashSet::new();
         let mut queue: Vec<Node> = Vec::new();
@@ -145,12 +146,15 @@ pub fn collect(
                 "ingests" => {
                     live_ingests.insert((ns.clone(), id.to_string()));
                 }
-                t if t.strip_prefix("snapshots/") == Some(OVERLAYFS) => root(
-                    Node::Snapshot(ns.clone(), id.to_string()),
-                    !flat,
-                    &mut marked,
-                ),
-                _ => {}
+                t => {
+                    if let Some(b) = t.strip_prefix("snapshots/").and_then(Backend::from_name) {
+                        root(
+                            Node::Snapshot(b, ns.clone(), id.to_string()),
+                            !flat,
+                            &mut marked,
+                        )
+                    }
+                }
             }
         }
         for (ns, _, b) in tx.list_all(Kind::Image)? {
@@ -170,11 +174,15 @@ pub fn collect(
         }
         for (ns, _, b) in tx.list_all(Kind::Container)? {
             let c = api::containers::Container::decode(b.as_slice())?;
-            if !c.snapshot_key.is_empty()
-                && (c.snapshotter.is_empty() || c.snapshotter == OVERLAYFS)
-            {
+            // An empty snapshotter is the default one, as for Tasks.Create.
+            let b = if c.snapshotter.is_empty() {
+                Some(snapshots.default_backend())
+            } else {
+                Backend::from_name(&c.snapshotter)
+            };
+            if let (Some(b), false) = (b, c.snapshot_key.is_empty()) {
                 root(
-                    Node::Snapshot(ns.clone(), c.snapshot_key.clone()),
+                    Node::Snapshot(b, ns.clone(), c.snapshot_key.clone()),
                     true,
                     &mut marked,
                 );
@@ -190,9 +198,9 @@ pub fn collect(
                 root(Node::Content(ns.clone(), d.clone()), true, &mut marked);
             }
         }
-        for ((ns, k), r) in &snap_recs {
+        for ((b, ns, k), r) in &snap_recs {
             if r.labels.contains_key(LABEL_ROOT) {
-                root(Node::Snapshot(ns.clone(), k.clone()), true, &mut marked);
+                root(Node::Snapshot(*b, ns.clone(), k.clone()), true, &mut marked);
             }
         }
 
@@ -208,10 +216,10 @@ pub fn collect(
                         label_refs(ns, labels, &mut refs);
                     }
                 }
-                Node::Snapshot(ns, k) => {
-                    if let Some(r) = snap_recs.get(&(ns.clone(), k.clone())) {
+                Node::Snapshot(b, ns, k) => {
+                    if let Some(r) = snap_recs.get(&(*b, ns.clone(), k.clone())) {
                         if !r.parent.is_empty() {
-                            refs.push(Node::Snapshot(ns.clone(), r.parent.clone()));
+                            refs.push(Node::Snapshot(*b, ns.clone(), r.parent.clone()));
                         }
                         label_refs(ns, &r.labels, &mut refs);
                     }
@@ -230,26 +238,30 @@ pub fn collect(
             }
         }
         let mut kept_ids = HashSet::new();
-        for ((ns, k), r) in &snap_recs {
-            if marked.contains(&Node::Snapshot(ns.clone(), k.clone())) {
-                kept_ids.insert(r.id);
+        for ((b, ns, k), r) in &snap_recs {
+            if marked.contains(&Node::Snapshot(*b, ns.clone(), k.clone())) {
+                kept_ids.insert((*b, r.id));
             } else {
-                tx.delete(Kind::Snapshot, ns, k)?;
+                tx.delete(b.record_kind(), ns, k)?;
                 stats.snapshots += 1;
             }
         }
         // Directories are only created inside a metadata transaction, so
         // within this one every directory without a record is garbage.
-        removed_ids = snapshots
-            .dir_ids()?
-            .into_iter()
-            .filter(|id| !kept_ids.contains(id))
-            .collect();
+        for sn in snapshots.all() {
+            let b = sn.backend();
+            removed_ids.extend(
+                sn.dir_ids()?
+                    .into_iter()
+                    .filter(|id| !kept_ids.contains(&(b, *id)))
+                    .map(|id| (b, id)),
+            );
+        }
         Ok(())
     })?;
 
-    for id in removed_ids {
-        snapshots.remove_dir(id);
+    for (b, id) in removed_ids {
+        snapshots.backend(b).remove_dir(id);
     }
     for d in content.blob_digests()? {
         // Re-checked under the blob lock: a commit may have recorded it since.
@@ -283,7 +295,7 @@ pub fn collect(
 pub struct Gc {
     meta: Arc<MetadataStore>,
     content: Arc<ContentStore>,
-    snapshots: Arc<OverlaySnapshotter>,
+    snapshots: Arc<Snapshotters>,
     run_lock: Mutex<()>,
     wake: tokio::sync::Notify,
 }
@@ -292,7 +304,7 @@ impl Gc {
     pub fn new(
         meta: Arc<MetadataStore>,
         content: Arc<ContentStore>,
-        snapshots: Arc<OverlaySnapshotter>,
+        snapshots: Arc<Snapshotters>,
     ) -> Gc {
         Gc {
             meta,
@@ -333,6 +345,7 @@ impl Gc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshots::Snapshotter;
     use crate::util::digest_string;
     use sha2::{Digest, Sha256};
 
@@ -340,25 +353,29 @@ mod tests {
         _dir: tempfile::TempDir,
         meta: Arc<MetadataStore>,
         content: Arc<ContentStore>,
-        snaps: Arc<OverlaySnapshotter>,
+        /// The overlayfs snapshotter of `all`.
+        snaps: Arc<Snapshotter>,
+        all: Arc<Snapshotters>,
     }
 
     fn stores() -> Stores {
         let dir = tempfile::tempdir().unwrap();
         let meta = Arc::new(MetadataStore::open(dir.path()).unwrap());
         let content = ContentStore::open(dir.path(), meta.clone()).unwrap();
-        let snaps = Arc::new(OverlaySnapshotter::open(dir.path(), meta.clone()).unwrap());
+        let all = Arc::new(Snapshotters::open(dir.path(), meta.clone(), Backend::Overlay).unwrap());
+        let snaps = all.backend(Backend::Overlay).clone();
         Stores {
             _dir: dir,
             meta,
             content,
             snaps,
+            all,
         }
     }
 
     impl Stores {
         fn gc(&self) -> GcStats {
-            collect(&self.meta, &self.content, &self.snaps).unwrap()
+            collect(&self.meta, &self.content, &self.all).unwrap()
         }
 
         fn put(&self, data: &[u8], labels: &[(&str, &str)], lease: Option<&str>) -> String {
@@ -521,5 +538,67 @@ mod tests {
         let left = s.content.list_statuses("ns").unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].r#ref, "free");
+    }
+
+    #[test]
+    fn native_snapshots_are_collected_with_their_directories() {
+        let s = stores();
+        let native = s.all.backend(Backend::Native).clone();
+        s.lease("pull", &[]);
+        let m = native
+            .prepare("ns", "extract", "", HashMap::new(), Some("pull"))
+            .unwrap();
+        std::fs::write(std::path::Path::new(&m[0].source).join("f"), b"x").unwrap();
+        native
+            .commit("ns", "chain1", "extract", HashMap::new(), Some("pull"))
+            .unwrap();
+        // The same name in the overlay snapshotter is another snapshot.
+        s.snaps
+            .prepare("ns", "chain1", "", HashMap::new(), None)
+            .unwrap();
+        let config = s.put(
+            b"config",
+            &[("containerd.io/gc.ref.snapshot.native", "chain1")],
+            Some("pull"),
+        );
+        s.image("img", &config);
+        // A container on the native snapshotter keeps its active snapshot.
+        native
+            .prepare("ns", "ctr", "chain1", HashMap::new(), None)
+            .unwrap();
+        let c = api::containers::Container {
+            id: "c1".into(),
+            snapshotter: "native".into(),
+            snapshot_key: "ctr".into(),
+            ..Default::default()
+        };
+        s.meta
+            .update(|tx| tx.put_msg(Kind::Container, "ns", "c1", &c))
+            .unwrap();
+        s.delete_lease("pull");
+        let st = s.gc();
+        assert_eq!(st.snapshots, 1, "only overlayfs's chain1 goes: {st:?}");
+        assert!(s.snaps.stat("ns", "chain1").is_err());
+        assert!(native.stat("ns", "chain1").is_ok());
+        assert!(native.stat("ns", "ctr").is_ok());
+        assert_eq!(native.dir_ids().unwrap().len(), 2);
+
+        s.meta
+            .update(|tx| {
+                tx.delete(Kind::Image, "ns", "img")?;
+                tx.delete(Kind::Container, "ns", "c1")?;
+                Ok(())
+            })
+            .unwrap();
+        let st = s.gc();
+        assert_eq!(st.snapshots, 2, "{st:?}");
+        assert!(native.list("ns").unwrap().is_empty());
+        assert!(native.dir_ids().unwrap().is_empty());
+        // A directory without a record (a crash between rename and
+        // removal, say) goes too.
+        std::fs::create_dir_all(std::path::Path::new(&m[0].source).with_file_name("999")).unwrap();
+        assert_eq!(native.dir_ids().unwrap(), vec![999]);
+        s.gc();
+        assert!(native.dir_ids().unwrap().is_empty());
     }
 }

@@ -1,16 +1,17 @@
 //! orca-supervisor: containerd's role in Orca. It serves containerd's gRPC
 //! API (v1 services, namespaced by the `containerd-namespace` header) on a
 //! unix socket, keeps metadata in redb, blobs in a content store, layers in
-//! an overlayfs snapshotter, and runs tasks through shim v2 processes.
+//! overlayfs or native (copying) snapshotters, and runs tasks through shim v2 processes.
 //!
 //! | module | concept |
 //! |---|---|
 //! | [`config`] | flags + containerd-style TOML |
 //! | [`metadata`] | the redb store: namespaced records, transactions |
 //! | [`content`] | [`content::ContentStore`]: blobs, resumable ingests, digest checks |
-//! | [`snapshots`] | [`snapshots::OverlaySnapshotter`]: committed/active/view snapshots |
+//! | [`snapshots`] | [`snapshots::Snapshotters`]: `overlayfs` and `native` (copying) snapshotters over one record store |
 //! | [`layer`] | applying a tar(.gz/.zst) layer safely (whiteouts, opaque dirs, no escapes) |
 //! | [`diff`] | [`diff::LayerApplier`]: layer blob → snapshot mounts |
+//! | [`diff_compare`] | Diff.Diff: two trees → OCI layer tar(.gz) in the content store |
 //! | [`events`] | [`events::EventBus`], Subscribe filters, ttrpc Forward receiver |
 //! | [`filters`] | containerd's filter syntax |
 //! | [`gc`] | [`gc::Gc`]: garbage collection of content, snapshots, leases, ingests |
@@ -23,6 +24,7 @@
 pub mod config;
 pub mod content;
 pub mod diff;
+pub mod diff_compare;
 pub mod error;
 pub mod events;
 pub mod filters;

@@ -35,6 +35,9 @@ pub enum Kind {
     LeaseResource,
     Content,
     Snapshot,
+    /// Snapshot records of the `native` snapshotter (`Snapshot` is
+    /// `overlayfs`'s): snapshot names are per snapshotter.
+    NativeSnapshot,
     /// Global values (not namespaced; namespace "").
     Global,
 }
@@ -49,6 +52,7 @@ impl Kind {
             Kind::LeaseResource => "lease-res",
             Kind::Content => "content",
             Kind::Snapshot => "snapshot",
+            Kind::NativeSnapshot => "snapshot-native",
             Kind::Global => "global",
         }
     }

@@ -16,7 +16,7 @@ use crate::events::{serve_ttrpc_events, EventBus};
 use crate::gc::Gc;
 use crate::metadata::MetadataStore;
 use crate::services::*;
-use crate::snapshots::OverlaySnapshotter;
+use crate::snapshots::{Backend, Snapshotters};
 use crate::tasks::ShimManager;
 
 /// Builds the shared state of all services.
@@ -28,7 +28,11 @@ pub fn open_core(cfg: &Config) -> Result<Arc<Core>> {
     }
     let meta = Arc::new(MetadataStore::open(&cfg.root)?);
     let content = ContentStore::open(&cfg.root, meta.clone())?;
-    let snapshots = Arc::new(OverlaySnapshotter::open(&cfg.root, meta.clone())?);
+    let snapshots = Arc::new(Snapshotters::open(
+        &cfg.root,
+        meta.clone(),
+        default_snapshotter(cfg)?,
+    )?);
     let applier = Arc::new(LayerApplier::new(&cfg.state, content.clone())?);
     let gc = Arc::new(Gc::new(meta.clone(), content.clone(), snapshots.clone()));
     let shims = Arc::new(ShimManager::new(
@@ -56,6 +60,31 @@ pub fn open_core(cfg: &Config) -> Result<Arc<Core>> {
         gc,
         uuid,
     }))
+}
+
+/// The snapshotter for requests that name none: `default_snapshotter` from
+/// the config (an unknown name is an error), `overlayfs` if unset; `native`
+/// with a warning when overlayfs was chosen but cannot be mounted here
+/// (checked once, by a test mount under the root).
+fn default_snapshotter(cfg: &Config) -> Result<Backend> {
+    let chosen = match cfg.default_snapshotter.as_deref() {
+        None | Some("") => Backend::Overlay,
+        Some(name) => Backend::from_name(name).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "default_snapshotter = {name:?}: unknown snapshotter (use \"overlayfs\" or \"native\")"
+            ))
+        })?,
+    };
+    if chosen != Backend::Overlay {
+        return Ok(chosen);
+    }
+    match crate::snapshots::overlay::check_supported(&cfg.root) {
+        Ok(()) => Ok(Backend::Overlay),
+        Err(why) => {
+            tracing::warn!(reason = %why, "overlayfs cannot be mounted here: the default snapshotter is native");
+            Ok(Backend::Native)
+        }
+    }
 }
 
 /// Re-attaches the shims of a previous run and publishes the exit (and

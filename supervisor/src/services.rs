@@ -20,7 +20,7 @@ use crate::events::{envelope_matches, EventBus};
 use crate::filters::{label_field, Filter};
 use crate::gc::Gc;
 use crate::metadata::{Kind, MetadataStore};
-use crate::snapshots::{OverlaySnapshotter, OVERLAYFS};
+use crate::snapshots::{Snapshotter, Snapshotters, NATIVE, OVERLAYFS};
 use crate::tasks::{pb_timestamp, CreateTask, ShimManager};
 use crate::util::{now, validate_identifier};
 
@@ -31,7 +31,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + 
 pub struct Core {
     pub meta: Arc<MetadataStore>,
     pub content: Arc<ContentStore>,
-    pub snapshots: Arc<OverlaySnapshotter>,
+    pub snapshots: Arc<Snapshotters>,
     pub applier: Arc<LayerApplier>,
     pub events: EventBus,
     pub shims: Arc<ShimManager>,
@@ -122,6 +122,7 @@ pub fn plugins() -> Vec<api::introspection::Plugin> {
     vec![
         p("io.containerd.content.v1", "content"),
         p("io.containerd.snapshotter.v1", OVERLAYFS),
+        p("io.containerd.snapshotter.v1", NATIVE),
         p("io.containerd.metadata.v1", "redb"),
         p("io.containerd.differ.v1", "walking"),
         p("io.containerd.event.v1", "exchange"),
@@ -305,6 +306,7 @@ impl api::namespaces::namespaces_server::Namespaces for NamespacesService {
                 (Kind::Container, "containers"),
                 (Kind::Content, "content"),
                 (Kind::Snapshot, "snapshots"),
+                (Kind::NativeSnapshot, "snapshots"),
                 (Kind::Lease, "leases"),
             ] {
                 if !tx.list(kind, &name)?.is_empty() {
@@ -1179,13 +1181,10 @@ async fn write_session(
 
 pub struct SnapshotsService(pub Arc<Core>);
 
-fn check_snapshotter(name: &str) -> std::result::Result<(), Status> {
-    if name.is_empty() || name == OVERLAYFS {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "snapshotter {name:?} was not found: only {OVERLAYFS:?} is available"
-        )))
+impl SnapshotsService {
+    /// The snapshotter a request names ("" = the configured default).
+    fn snapshotter(&self, name: &str) -> std::result::Result<Arc<Snapshotter>, Status> {
+        Ok(self.0.snapshots.get(name)?.clone())
     }
 }
 
@@ -1200,11 +1199,11 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
         let ns = namespace(&req)?;
         let lease = lease(&req);
         let r = req.into_inner();
-        check_snapshotter(&r.snapshotter)?;
+        let sn = self.snapshotter(&r.snapshotter)?;
+        let name = sn.name();
+        let (ns2, key, parent) = (ns.clone(), r.key.clone(), r.parent.clone());
         let mounts =
-            self.0
-                .snapshots
-                .prepare(&ns, &r.key, &r.parent, r.labels, lease.as_deref())?;
+            blocking(move || sn.prepare(&ns2, &key, &parent, r.labels, lease.as_deref())).await?;
         self.0.events.publish(
             &ns,
             "/snapshot/prepare",
@@ -1212,7 +1211,7 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
             &api::containerd::events::SnapshotPrepare {
                 key: r.key,
                 parent: r.parent,
-                snapshotter: OVERLAYFS.into(),
+                snapshotter: name.into(),
             },
         );
         Ok(Response::new(api::snapshots::PrepareSnapshotResponse {
@@ -1227,11 +1226,9 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
         let ns = namespace(&req)?;
         let lease = lease(&req);
         let r = req.into_inner();
-        check_snapshotter(&r.snapshotter)?;
-        let mounts = self
-            .0
-            .snapshots
-            .view(&ns, &r.key, &r.parent, r.labels, lease.as_deref())?;
+        let sn = self.snapshotter(&r.snapshotter)?;
+        let mounts =
+            blocking(move || sn.view(&ns, &r.key, &r.parent, r.labels, lease.as_deref())).await?;
         Ok(Response::new(api::snapshots::ViewSnapshotResponse {
             mounts,
         }))
@@ -1242,8 +1239,9 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
         req: Request<api::snapshots::MountsRequest>,
     ) -> GrpcResult<api::snapshots::MountsResponse> {
         let ns = namespace(&req)?;
-        check_snapshotter(&req.get_ref().snapshotter)?;
-        let mounts = self.0.snapshots.mounts(&ns, &req.get_ref().key)?;
+        let mounts = self
+            .snapshotter(&req.get_ref().snapshotter)?
+            .mounts(&ns, &req.get_ref().key)?;
         Ok(Response::new(api::snapshots::MountsResponse { mounts }))
     }
 
@@ -1251,10 +1249,8 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
         let ns = namespace(&req)?;
         let lease = lease(&req);
         let r = req.into_inner();
-        check_snapshotter(&r.snapshotter)?;
-        self.0
-            .snapshots
-            .commit(&ns, &r.name, &r.key, r.labels, lease.as_deref())?;
+        let sn = self.snapshotter(&r.snapshotter)?;
+        sn.commit(&ns, &r.name, &r.key, r.labels, lease.as_deref())?;
         self.0.events.publish(
             &ns,
             "/snapshot/commit",
@@ -1262,7 +1258,7 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
             &api::containerd::events::SnapshotCommit {
                 key: r.key,
                 name: r.name,
-                snapshotter: OVERLAYFS.into(),
+                snapshotter: sn.name().into(),
             },
         );
         Ok(Response::new(()))
@@ -1271,17 +1267,17 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
     async fn remove(&self, req: Request<api::snapshots::RemoveSnapshotRequest>) -> GrpcResult<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        check_snapshotter(&r.snapshotter)?;
-        let snaps = self.0.snapshots.clone();
+        let sn = self.snapshotter(&r.snapshotter)?;
+        let name = sn.name();
         let (ns2, key) = (ns.clone(), r.key.clone());
-        blocking(move || snaps.remove(&ns2, &key)).await?;
+        blocking(move || sn.remove(&ns2, &key)).await?;
         self.0.events.publish(
             &ns,
             "/snapshot/remove",
             "SnapshotRemove",
             &api::containerd::events::SnapshotRemove {
                 key: r.key,
-                snapshotter: OVERLAYFS.into(),
+                snapshotter: name.into(),
             },
         );
         self.0.collect_garbage(false).await?;
@@ -1293,8 +1289,9 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
         req: Request<api::snapshots::StatSnapshotRequest>,
     ) -> GrpcResult<api::snapshots::StatSnapshotResponse> {
         let ns = namespace(&req)?;
-        check_snapshotter(&req.get_ref().snapshotter)?;
-        let info = self.0.snapshots.stat(&ns, &req.get_ref().key)?;
+        let info = self
+            .snapshotter(&req.get_ref().snapshotter)?
+            .stat(&ns, &req.get_ref().key)?;
         Ok(Response::new(api::snapshots::StatSnapshotResponse {
             info: Some(info),
         }))
@@ -1306,11 +1303,11 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
     ) -> GrpcResult<api::snapshots::UpdateSnapshotResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        check_snapshotter(&r.snapshotter)?;
+        let sn = self.snapshotter(&r.snapshotter)?;
         let info = r
             .info
             .ok_or_else(|| Status::invalid_argument("info missing"))?;
-        let out = self.0.snapshots.update(&ns, &info, &mask(&r.update_mask))?;
+        let out = sn.update(&ns, &info, &mask(&r.update_mask))?;
         Ok(Response::new(api::snapshots::UpdateSnapshotResponse {
             info: Some(out),
         }))
@@ -1321,11 +1318,9 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
         req: Request<api::snapshots::ListSnapshotsRequest>,
     ) -> GrpcResult<Self::ListStream> {
         let ns = namespace(&req)?;
-        check_snapshotter(&req.get_ref().snapshotter)?;
+        let sn = self.snapshotter(&req.get_ref().snapshotter)?;
         let f = Filter::parse_all(&req.get_ref().filters)?;
-        let infos: Vec<_> = self
-            .0
-            .snapshots
+        let infos: Vec<_> = sn
             .list(&ns)?
             .into_iter()
             .filter(|i| {
@@ -1358,10 +1353,9 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
         req: Request<api::snapshots::UsageRequest>,
     ) -> GrpcResult<api::snapshots::UsageResponse> {
         let ns = namespace(&req)?;
-        check_snapshotter(&req.get_ref().snapshotter)?;
-        let snaps = self.0.snapshots.clone();
+        let sn = self.snapshotter(&req.get_ref().snapshotter)?;
         let key = req.get_ref().key.clone();
-        let u = blocking(move || snaps.usage(&ns, &key)).await?;
+        let u = blocking(move || sn.usage(&ns, &key)).await?;
         Ok(Response::new(api::snapshots::UsageResponse {
             size: u.size,
             inodes: u.inodes,
@@ -1370,7 +1364,7 @@ impl api::snapshots::snapshots_server::Snapshots for SnapshotsService {
 
     async fn cleanup(&self, req: Request<api::snapshots::CleanupRequest>) -> GrpcResult<()> {
         namespace(&req)?;
-        check_snapshotter(&req.get_ref().snapshotter)?;
+        self.snapshotter(&req.get_ref().snapshotter)?;
         // Snapshot directories without a record are removed by garbage
         // collection.
         self.0.collect_garbage(true).await?;
@@ -1402,11 +1396,22 @@ impl api::diff::diff_server::Diff for DiffService {
 
     async fn diff(
         &self,
-        _: Request<api::diff::DiffRequest>,
+        req: Request<api::diff::DiffRequest>,
     ) -> GrpcResult<api::diff::DiffResponse> {
-        Err(Status::unimplemented(
-            "orca-supervisor: Diff.Diff (computing a layer from two mounts) is not implemented",
-        ))
+        let ns = namespace(&req)?;
+        let lease = lease(&req);
+        let r = req.into_inner();
+        let creq = crate::diff_compare::CompareRequest {
+            left: r.left,
+            right: r.right,
+            media_type: r.media_type,
+            reference: r.r#ref,
+            labels: r.labels,
+            source_date_epoch: r.source_date_epoch.map(|t| t.seconds),
+        };
+        let applier = self.0.applier.clone();
+        let desc = blocking(move || applier.compare(&ns, lease.as_deref(), &creq)).await?;
+        Ok(Response::new(api::diff::DiffResponse { diff: Some(desc) }))
     }
 }
 
@@ -1506,7 +1511,11 @@ impl api::tasks::tasks_server::Tasks for TasksService {
             .ok_or_else(|| Error::NotFound(format!("container {:?}", r.container_id)))?;
         let mut rootfs = r.rootfs.clone();
         if rootfs.is_empty() && !container.snapshot_key.is_empty() {
-            rootfs = self.0.snapshots.mounts(&ns, &container.snapshot_key)?;
+            rootfs = self
+                .0
+                .snapshots
+                .get(&container.snapshotter)?
+                .mounts(&ns, &container.snapshot_key)?;
         }
         let shims = self.0.shims.clone();
         let ns2 = ns.clone();

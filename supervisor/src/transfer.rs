@@ -7,8 +7,9 @@
 //!   parallel, at most [`PARALLEL_DOWNLOADS`]) into the content store
 //!   through the same ingest/commit path as `Content.Write` (size and digest
 //!   verified before anything is committed), label them for garbage
-//!   collection exactly as `ctr pull` does, unpack the layers into overlayfs
-//!   snapshots named by chain id (the `Diff.Apply` code path), create or
+//!   collection exactly as `ctr pull` does, unpack the layers into snapshots
+//!   of the unpack's snapshotter (`overlayfs` or `native`; none named = the
+//!   supervisor's default) named by chain id (the `Diff.Apply` code path), create or
 //!   update the image record and publish `/images/create|update`. All of it
 //!   under a lease, so garbage collection cannot race the pull; on failure
 //!   the lease is deleted and a synchronous collection removes whatever the
@@ -51,7 +52,7 @@ use crate::config::RegistryConfig;
 use crate::error::{Error, Result};
 use crate::metadata::Kind;
 use crate::services::Core;
-use crate::snapshots::OVERLAYFS;
+use crate::snapshots::Snapshotter;
 use crate::streaming::{namespace_of, ClientStream, StreamManager};
 use crate::transfer_remote::{Auth, Fetched, Remote, RemoteFactory};
 use crate::util::now;
@@ -338,7 +339,8 @@ struct PullPlan {
     top: Fetched,
     manifest: Fetched,
     manifest_index: Option<usize>,
-    unpack: bool,
+    /// The snapshotter to unpack into, if unpacking.
+    unpack: Option<Arc<Snapshotter>>,
 }
 
 impl TransferService {
@@ -399,12 +401,18 @@ impl TransferService {
                 "the OCIRegistry reference is empty".into(),
             ));
         }
+        let mut unpack_into: Option<Arc<Snapshotter>> = None;
         for u in &dst.unpacks {
-            if !u.snapshotter.is_empty() && u.snapshotter != OVERLAYFS {
-                return Err(Error::InvalidArgument(format!(
-                    "snapshotter {:?} was not found: only {OVERLAYFS:?} is available",
-                    u.snapshotter
-                )));
+            let sn = self.core.snapshots.get(&u.snapshotter)?;
+            match &unpack_into {
+                Some(first) if first.name() != sn.name() => {
+                    return Err(Error::Unimplemented(format!(
+                        "unpacking into several snapshotters ({} and {}) is not supported: name one",
+                        first.name(),
+                        sn.name()
+                    )))
+                }
+                _ => unpack_into = Some(sn.clone()),
             }
         }
         if dst.extra_references.iter().any(|r| r.is_prefix) {
@@ -487,7 +495,7 @@ impl TransferService {
             top,
             manifest,
             manifest_index,
-            unpack: !dst.unpacks.is_empty(),
+            unpack: unpack_into,
         };
 
         let lease = format!("transfer-pull-{}", short_id());
@@ -656,9 +664,9 @@ impl TransferService {
             });
         }
         let unpack = async {
-            if !plan.unpack {
+            let Some(sn) = plan.unpack.as_ref() else {
                 return Ok(());
-            }
+            };
             for (i, (l, fetched)) in layers.iter().zip(fetched_rx).enumerate() {
                 // A failed download drops its sender: stop, the download
                 // error is the one reported.
@@ -666,15 +674,15 @@ impl TransferService {
                     return Ok(());
                 };
                 let parent = if i == 0 { "" } else { chains[i - 1].as_str() };
-                if self.snapshot_exists(ns, &chains[i]).await? {
-                    self.hold_snapshot(ns, lease, &chains[i]).await?;
+                if self.snapshot_exists(sn, ns, &chains[i]).await? {
+                    self.hold_snapshot(sn, ns, lease, &chains[i]).await?;
                     if fresh {
                         progress.blob("extracted", l, &manifest_key, l.size).await;
                     }
                     continue;
                 }
                 progress.blob("extracting", l, &manifest_key, 0).await;
-                self.unpack_layer(ns, lease, l, parent, &chains[i], &diff_ids[i])
+                self.unpack_layer(sn, ns, lease, l, parent, &chains[i], &diff_ids[i])
                     .await?;
                 progress.blob("extracted", l, &manifest_key, l.size).await;
             }
@@ -688,9 +696,9 @@ impl TransferService {
 
         // Config, manifest, index with the GC references between them.
         let mut config_labels = HashMap::from([source_label.clone()]);
-        if plan.unpack {
+        if let Some(sn) = &plan.unpack {
             if let Some(top) = chains.last() {
-                config_labels.insert(format!("{GC_SNAPSHOT}.{OVERLAYFS}"), top.clone());
+                config_labels.insert(format!("{GC_SNAPSHOT}.{}", sn.name()), top.clone());
             }
         }
         self.put_bytes(ns, lease, &config_desc, config_bytes, config_labels)
@@ -933,27 +941,35 @@ impl TransferService {
         }
     }
 
-    async fn snapshot_exists(&self, ns: &str, key: &str) -> Result<bool> {
-        match self.core.snapshots.stat(ns, key) {
+    async fn snapshot_exists(&self, sn: &Snapshotter, ns: &str, key: &str) -> Result<bool> {
+        match sn.stat(ns, key) {
             Ok(_) => Ok(true),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    async fn hold_snapshot(&self, ns: &str, lease: &str, key: &str) -> Result<()> {
+    async fn hold_snapshot(
+        &self,
+        sn: &Snapshotter,
+        ns: &str,
+        lease: &str,
+        key: &str,
+    ) -> Result<()> {
         let (ns, lease, key) = (ns.to_string(), lease.to_string(), key.to_string());
+        let rtype = sn.lease_type();
         self.blocking_core(move |core| {
-            core.meta.update(|tx| {
-                tx.add_to_lease(&ns, Some(&lease), &format!("snapshots/{OVERLAYFS}"), &key)
-            })
+            core.meta
+                .update(|tx| tx.add_to_lease(&ns, Some(&lease), &rtype, &key))
         })
         .await
     }
 
     /// Prepare → Diff.Apply → verify diff id → commit as `chain`.
+    #[allow(clippy::too_many_arguments)]
     async fn unpack_layer(
         &self,
+        sn: &Arc<Snapshotter>,
         ns: &str,
         lease: &str,
         layer: &Descriptor,
@@ -971,45 +987,36 @@ impl TransferService {
             chain.to_string(),
             diff_id.to_string(),
         );
+        let snaps = sn.clone();
         let res = self
             .blocking_core(move |core| {
-                let mounts =
-                    core.snapshots
-                        .prepare(&ns2, &key2, &parent2, HashMap::new(), Some(&lease2))?;
+                let mounts = snaps.prepare(&ns2, &key2, &parent2, HashMap::new(), Some(&lease2))?;
                 let applied = core.applier.apply(&ns2, &layer2, &mounts);
                 let applied = match applied {
                     Ok(a) => a,
                     Err(e) => {
-                        let _ = core.snapshots.remove(&ns2, &key2);
+                        let _ = snaps.remove(&ns2, &key2);
                         return Err(e);
                     }
                 };
                 if applied.digest != diff2 {
-                    let _ = core.snapshots.remove(&ns2, &key2);
+                    let _ = snaps.remove(&ns2, &key2);
                     return Err(Error::FailedPrecondition(format!(
                         "layer {}: unpacked digest {} does not match diff id {diff2}",
                         layer2.digest, applied.digest
                     )));
                 }
-                match core
-                    .snapshots
-                    .commit(&ns2, &chain2, &key2, HashMap::new(), Some(&lease2))
-                {
+                match snaps.commit(&ns2, &chain2, &key2, HashMap::new(), Some(&lease2)) {
                     Ok(()) => Ok(true),
                     Err(Error::AlreadyExists(_)) => {
-                        let _ = core.snapshots.remove(&ns2, &key2);
+                        let _ = snaps.remove(&ns2, &key2);
                         core.meta.update(|tx| {
-                            tx.add_to_lease(
-                                &ns2,
-                                Some(&lease2),
-                                &format!("snapshots/{OVERLAYFS}"),
-                                &chain2,
-                            )
+                            tx.add_to_lease(&ns2, Some(&lease2), &snaps.lease_type(), &chain2)
                         })?;
                         Ok(false)
                     }
                     Err(e) => {
-                        let _ = core.snapshots.remove(&ns2, &key2);
+                        let _ = snaps.remove(&ns2, &key2);
                         Err(e)
                     }
                 }
@@ -1022,7 +1029,7 @@ impl TransferService {
             &api::containerd::events::SnapshotPrepare {
                 key: key.clone(),
                 parent: parent.to_string(),
-                snapshotter: OVERLAYFS.into(),
+                snapshotter: sn.name().into(),
             },
         );
         if res {
@@ -1033,7 +1040,7 @@ impl TransferService {
                 &api::containerd::events::SnapshotCommit {
                     key,
                     name: chain.to_string(),
-                    snapshotter: OVERLAYFS.into(),
+                    snapshotter: sn.name().into(),
                 },
             );
         }
