@@ -18,8 +18,12 @@ use orca_proto::diff::diff_client::DiffClient;
 use orca_proto::diff::{ApplyRequest, DiffRequest};
 use orca_proto::snapshots::snapshots_client::SnapshotsClient;
 use orca_proto::snapshots::MountsRequest;
-use orca_proto::tonic::{self, transport::Channel, Code, Request};
+use orca_proto::tonic::{transport::Channel, Code, Request};
 use orca_proto::types::{Descriptor, Mount};
+
+#[path = "common/grpc.rs"]
+mod grpc;
+use grpc::{connect, rt};
 
 const NS: &str = "diff";
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -339,34 +343,8 @@ fn tree_listing(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-async fn connect(sock: &Path) -> Channel {
-    let path = sock.to_path_buf();
-    tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", sock.display()))
-}
-
 fn req<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert(orca_proto::NAMESPACE_HEADER, NS.parse().unwrap());
-    r
+    grpc::req_in(NS, msg)
 }
 
 /// Applies the blob `digest` (in the supervisor's content store) onto a new

@@ -10,11 +10,15 @@ use std::path::{Path, PathBuf};
 use orca_integration::{require_root, require_tool, unique_name, Registry, Supervisor};
 use orca_proto::prost::Message;
 use orca_proto::prost_types::Any;
-use orca_proto::tonic::{self, transport::Channel, Request};
+use orca_proto::tonic::{self, Request};
 use orca_proto::transfer::transfer_client::TransferClient;
 use orca_proto::transfer::TransferRequest;
 use orca_proto::type_urls;
 use orca_proto::types::transfer as tt;
+
+#[path = "common/grpc.rs"]
+mod grpc;
+use grpc::connect;
 
 const NS: &str = "test";
 const RUNC: &str = "io.containerd.runc.v2";
@@ -351,21 +355,6 @@ fn native_and_overlayfs_snapshots_are_apart() {
     assert!(dirs_in(&native_dir(&s)).is_empty());
     // The namespace is empty again, so it can be removed.
     ctr_ok(&s, &["namespaces", "remove", NS]);
-}
-
-async fn connect(sock: &Path) -> Channel {
-    let path = sock.to_path_buf();
-    tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", sock.display()))
 }
 
 fn any<M: Message>(url: &str, m: &M) -> Any {

@@ -3,7 +3,6 @@
 //! `docker-registry`, Debian's `ctr` 1.6 (images ls, run, content ls, pull
 //! of what we pushed) and the docker CLI through orcad.
 
-use std::path::Path;
 use std::time::Duration;
 
 use orca_integration::engine_support::Orcad;
@@ -13,43 +12,21 @@ use orca_proto::prost::Message;
 use orca_proto::prost_types::Any;
 use orca_proto::streaming::streaming_client::StreamingClient;
 use orca_proto::streaming::StreamInit;
-use orca_proto::tonic::{self, transport::Channel, Code, Request, Status};
+use orca_proto::tonic::{transport::Channel, Code, Request, Status};
 use orca_proto::transfer::transfer_client::TransferClient;
 use orca_proto::transfer::{TransferOptions, TransferRequest};
 use orca_proto::type_urls;
 use orca_proto::types::transfer as tt;
 use tokio::sync::mpsc;
 
+#[path = "common/grpc.rs"]
+mod grpc;
+use grpc::{connect, rt};
+
 const NS: &str = "transfer";
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-async fn connect(sock: &Path) -> Channel {
-    let path = sock.to_path_buf();
-    tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-            }
-        }))
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", sock.display()))
-}
-
 fn req<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert(orca_proto::NAMESPACE_HEADER, NS.parse().unwrap());
-    r
+    grpc::req_in(NS, msg)
 }
 
 fn any<M: Message>(url: &str, m: &M) -> Any {
