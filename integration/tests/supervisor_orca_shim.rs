@@ -236,11 +236,25 @@ fn failed_create_leaves_no_shim_running() {
         let id = unique_name("os-nocmd");
         let out = s.ctr_ns(
             NS,
-            &["run", "-d", "--runtime", runtime, &image, &id, "no-such-command"],
+            &[
+                "run",
+                "-d",
+                "--runtime",
+                runtime,
+                &image,
+                &id,
+                "no-such-command",
+            ],
         );
-        assert!(!out.status.success(), "{runtime}: create of a missing executable must fail");
+        assert!(
+            !out.status.success(),
+            "{runtime}: create of a missing executable must fail"
+        );
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("no-such-command"), "{runtime}: error names the executable: {err}");
+        assert!(
+            err.contains("no-such-command"),
+            "{runtime}: error names the executable: {err}"
+        );
         let shims = || {
             orca_integration::util::pids_where_args(|a| {
                 a.iter().any(|x| x == &id) && a.iter().any(|x| x == "-namespace")
