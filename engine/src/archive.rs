@@ -24,8 +24,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use orca_proto::images::{self as imgs, Image};
-use orca_proto::leases;
 use orca_proto::snapshots as snaps;
 use orca_proto::types::Descriptor;
 use serde_json::{json, Value};
@@ -34,6 +32,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::error::{EngineError, Result};
+use crate::image_writer::ImageWriter;
 use crate::images::{chain_ids, is_dangling_name, DANGLING_PREFIX};
 use crate::reference::{familiar, Reference};
 use crate::util::Query;
@@ -44,9 +43,6 @@ const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MT_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const MT_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const GC_CONTENT: &str = "containerd.io/gc.ref.content";
-const GC_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
-const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
 
 /// The response header `docker cp` reads the stat of a path from.
 pub const PATH_STAT_HEADER: &str = "X-Docker-Container-Path-Stat";
@@ -904,215 +900,73 @@ async fn store_image(
     config: Vec<u8>,
     layers: Vec<LayerBlob>,
 ) -> Result<String> {
-    let lease = format!("orcad-archive-{}", crate::util::random_hex(8));
-    let expire = crate::util::rfc3339(chrono::Utc::now() + chrono::Duration::hours(1));
-    engine
-        .ctrd
-        .leases()
-        .create(engine.ctrd.req(leases::CreateRequest {
-            id: lease.clone(),
-            labels: HashMap::from([("containerd.io/gc.expire".to_string(), expire)]),
-        }))
-        .await
-        .map_err(|s| EngineError::grpc("create lease", s))?;
-    let res = store_with_lease(engine, names, config, layers, &lease).await;
-    if let Err(s) = engine
-        .ctrd
-        .leases()
-        .delete(engine.ctrd.req(leases::DeleteRequest {
-            id: lease.clone(),
-            sync: false,
-        }))
-        .await
-    {
-        warn!(lease, "cannot delete lease: {s}");
-    }
+    let w = ImageWriter::begin(&engine.images, "archive").await?;
+    let res = store_with(&w, names, config, layers).await;
+    w.finish().await;
     res
 }
 
-async fn write_file_blob(
-    engine: &Engine,
-    l: &mut LayerBlob,
-    labels: HashMap<String, String>,
-    lease: &str,
-) -> Result<()> {
-    if engine.ctrd.content_info(&l.digest).await?.is_some() {
-        return engine.ctrd.content_set_labels(&l.digest, labels).await;
-    }
-    let mut w = engine
-        .ctrd
-        .blob_writer(&l.digest, l.size, labels, Some(lease));
-    l.file.seek(SeekFrom::Start(0))?;
-    loop {
-        let mut buf = vec![0u8; 1 << 20];
-        // A local file: short blocking reads are fine here.
-        let n = l.file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        buf.truncate(n);
-        w.write(buf).await?;
-    }
-    w.commit().await
-}
-
-async fn store_with_lease(
-    engine: &Engine,
+async fn store_with(
+    w: &ImageWriter<'_>,
     names: &[String],
     config: Vec<u8>,
     mut layers: Vec<LayerBlob>,
-    lease: &str,
 ) -> Result<String> {
-    let images = &engine.images;
     let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
     let chains = chain_ids(&diff_ids);
     for l in layers.iter_mut() {
-        let labels = HashMap::from([(LABEL_UNCOMPRESSED.to_string(), l.diff_id.clone())]);
-        write_file_blob(engine, l, labels, lease).await?;
+        l.file.seek(SeekFrom::Start(0))?;
+        let labels = ImageWriter::layer_labels(&l.diff_id);
+        w.write_blob(&l.digest, l.size, labels, &mut l.file).await?;
     }
     let config_digest = sha256_hex(&config);
-    let mut config_labels = HashMap::new();
-    if let Some(top) = chains.last() {
-        config_labels.insert(
-            format!("{GC_SNAPSHOT}.{}", images.snapshotter()),
-            top.clone(),
-        );
-    }
-    let config_size = config.len() as i64;
-    images
-        .put_blob(&config_digest, config, config_labels, lease)
-        .await?;
+    w.write_config(&config_digest, &config, &chains).await?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": MT_OCI_MANIFEST,
-        "config": {"mediaType": MT_OCI_CONFIG, "digest": config_digest, "size": config_size},
+        "config": {"mediaType": MT_OCI_CONFIG, "digest": config_digest, "size": config.len()},
         "layers": layers.iter().map(|l| json!({
             "mediaType": l.media_type, "digest": l.digest, "size": l.size,
         })).collect::<Vec<_>>(),
     });
     let manifest = serde_json::to_vec(&manifest).map_err(EngineError::internal)?;
     let manifest_digest = sha256_hex(&manifest);
-    let mut manifest_labels =
-        HashMap::from([(format!("{GC_CONTENT}.config"), config_digest.clone())]);
+    w.write_manifest(
+        &manifest_digest,
+        &manifest,
+        &config_digest,
+        layers.iter().map(|l| l.digest.as_str()),
+    )
+    .await?;
     for (i, l) in layers.iter().enumerate() {
-        manifest_labels.insert(format!("{GC_CONTENT}.l.{i}"), l.digest.clone());
-    }
-    let manifest_size = manifest.len() as i64;
-    images
-        .put_blob(&manifest_digest, manifest, manifest_labels, lease)
-        .await?;
-    for (i, l) in layers.iter().enumerate() {
-        if images.snapshot_exists(&chains[i]).await? {
+        if w.is_unpacked(&chains[i]).await? {
             continue;
         }
-        let parent = if i == 0 { "" } else { chains[i - 1].as_str() };
         let d = Descriptor {
             media_type: l.media_type.clone(),
             digest: l.digest.clone(),
             size: l.size,
             annotations: HashMap::new(),
         };
-        images
-            .apply_layer(&d, parent, &chains[i], &l.diff_id, lease)
-            .await?;
+        w.unpack_layer(&d, &l.diff_id, &chains, i).await?;
     }
     let target = Descriptor {
         media_type: MT_OCI_MANIFEST.to_string(),
         digest: manifest_digest.clone(),
-        size: manifest_size,
+        size: manifest.len() as i64,
         annotations: HashMap::new(),
     };
     if names.is_empty() {
-        let all = images.all().await?;
+        let all = w.images().all().await?;
         if !all.iter().any(|i| i.config_digest == config_digest) {
-            set_record(
-                engine,
-                &format!("{DANGLING_PREFIX}{manifest_digest}"),
-                &target,
-            )
-            .await?;
+            w.set_name(&format!("{DANGLING_PREFIX}{manifest_digest}"), &target)
+                .await?;
         }
     }
     for n in names {
-        set_record(engine, n, &target).await?;
+        w.set_name(n, &target).await?;
     }
     Ok(config_digest)
-}
-
-/// Creates or retargets an image record. An image that loses its last name
-/// this way stays as a dangling record (`docker images` shows `<none>`), as
-/// with dockerd.
-async fn set_record(engine: &Engine, name: &str, target: &Descriptor) -> Result<()> {
-    let ctrd = &engine.ctrd;
-    let old = engine.images.image_record(name).await?;
-    let record = Image {
-        name: name.to_string(),
-        target: Some(target.clone()),
-        ..Default::default()
-    };
-    match old {
-        None => {
-            ctrd.images()
-                .create(ctrd.req(imgs::CreateImageRequest {
-                    image: Some(record),
-                    ..Default::default()
-                }))
-                .await
-                .map_err(|s| EngineError::grpc("create image", s))?;
-        }
-        Some(old) => {
-            let old_target = old.target.clone().unwrap_or_default();
-            if old_target.digest == target.digest {
-                return Ok(());
-            }
-            // Keep the old image as dangling unless another name holds it.
-            let others = ctrd
-                .images()
-                .list(ctrd.req(imgs::ListImagesRequest { filters: vec![] }))
-                .await
-                .map_err(|s| EngineError::grpc("list images", s))?
-                .into_inner()
-                .images;
-            if !others.iter().any(|i| {
-                i.name != name && i.target.as_ref().map(|t| &t.digest) == Some(&old_target.digest)
-            }) {
-                let dangling = Image {
-                    name: format!("{DANGLING_PREFIX}{}", old_target.digest),
-                    target: Some(old_target),
-                    ..Default::default()
-                };
-                let _ = ctrd
-                    .images()
-                    .create(ctrd.req(imgs::CreateImageRequest {
-                        image: Some(dangling),
-                        ..Default::default()
-                    }))
-                    .await;
-            }
-            ctrd.images()
-                .update(ctrd.req(imgs::UpdateImageRequest {
-                    image: Some(record),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["target".into()],
-                    }),
-                    ..Default::default()
-                }))
-                .await
-                .map_err(|s| EngineError::grpc("update image", s))?;
-        }
-    }
-    // A name given to a dangling image removes its dangling record.
-    let dangling = format!("{DANGLING_PREFIX}{}", target.digest);
-    if name != dangling {
-        let _ = ctrd
-            .images()
-            .delete(ctrd.req(imgs::DeleteImageRequest {
-                name: dangling,
-                ..Default::default()
-            }))
-            .await;
-    }
-    Ok(())
 }
 
 /// Compresses a plain tar file with gzip; returns the layer blob.
@@ -1242,18 +1096,11 @@ pub async fn import(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Respo
     let name = if repo.is_empty() {
         None
     } else {
-        let full = if tag.is_empty() {
-            repo.to_string()
-        } else {
-            format!("{repo}:{tag}")
-        };
-        let r = Reference::parse(&full)?;
-        if r.digest.is_some() {
-            return Err(EngineError::BadRequest(
-                "cannot import to a digest reference".into(),
-            ));
-        }
-        Some(r.full())
+        Some(crate::images::record_name(
+            repo,
+            tag,
+            "cannot import to a digest reference",
+        )?)
     };
     let message = q.get("message").unwrap_or("").to_string();
     let changes = query_all(raw_q.as_deref(), "changes");

@@ -184,6 +184,7 @@ impl FileConfig {
                 "bridge" => c.net.bridge = Some(string()?),
                 "bip" => c.net.bip = Some(string()?),
                 "ip" => c.net.ip = Some(string()?),
+                "host-gateway-ip" => c.net.host_gateway_ip = Some(string()?),
                 "iptables" => c.net.iptables = Some(v.as_bool().ok_or_else(|| want("a boolean"))?),
                 "userland-proxy" => {
                     c.net.userland_proxy = Some(v.as_bool().ok_or_else(|| want("a boolean"))?)
@@ -820,6 +821,32 @@ mod tests {
         let s = resolve(f, Flags::default()).unwrap();
         assert_eq!(s.tls.unwrap().ca, PathBuf::from("/ca"));
         assert!(FileConfig::parse(r#"{"tlsverify":"yes"}"#, "d.json").is_err());
+    }
+
+    #[test]
+    fn host_gateway_ip() {
+        let f = FileConfig::parse(r#"{"host-gateway-ip":"192.0.2.1"}"#, "t").unwrap();
+        let s = resolve(f.clone(), Flags::default()).unwrap();
+        assert_eq!(
+            s.network.host_gateway_ip,
+            Some("192.0.2.1".parse().unwrap())
+        );
+        // The flag wins over the file.
+        let mut flags = Flags::default();
+        flags.net.host_gateway_ip = Some("fd00::1".into());
+        let s = resolve(f, flags).unwrap();
+        assert_eq!(s.network.host_gateway_ip, Some("fd00::1".parse().unwrap()));
+        let bad = FileConfig::parse(r#"{"host-gateway-ip":"nope"}"#, "t").unwrap();
+        let e = resolve(bad, Flags::default()).unwrap_err().to_string();
+        assert!(e.contains("host-gateway-ip"), "{e}");
+        assert!(FileConfig::parse(r#"{"host-gateway-ip":1}"#, "t").is_err());
+        assert_eq!(
+            resolve(FileConfig::default(), Flags::default())
+                .unwrap()
+                .network
+                .host_gateway_ip,
+            None
+        );
     }
 
     #[test]

@@ -544,6 +544,18 @@ pub fn parse_signal(s: &str) -> Result<i32> {
         .map_err(|_| EngineError::BadRequest(format!("Invalid signal: {s}")))
 }
 
+/// `rec` with only the numeric `HostConfig.GroupAdd` entries (a spec built
+/// before the rootfs's /etc/group can be read).
+fn numeric_group_add(rec: &Record) -> Record {
+    let mut r = rec.clone();
+    let gids: Vec<String> = spec::str_list(&rec.host_config["GroupAdd"])
+        .into_iter()
+        .filter(|g| g.parse::<u32>().is_ok())
+        .collect();
+    r.host_config["GroupAdd"] = json!(gids);
+    r
+}
+
 /// HostConfig options orcad does not implement yet: refused with 501 rather
 /// than ignored.
 fn check_host_config(hc: &Value) -> Result<()> {
@@ -562,13 +574,19 @@ fn check_host_config(hc: &Value) -> Result<()> {
     };
     for (k, what) in [
         ("Links", "HostConfig.Links"),
-        ("Devices", "HostConfig.Devices"),
-        ("GroupAdd", "HostConfig.GroupAdd"),
         ("VolumeDriver", "HostConfig.VolumeDriver"),
     ] {
         if nonempty(k) {
             return ni(what);
         }
+    }
+    // Devices and cgroup rules: checked (host nodes gathered) before
+    // anything is created; GroupAdd names are resolved in the rootfs later.
+    spec::devices(hc)?;
+    if !(hc["GroupAdd"].is_null() || hc["GroupAdd"].is_array()) {
+        return Err(EngineError::BadRequest(
+            "HostConfig.GroupAdd must be an array of strings".into(),
+        ));
     }
     for (k, ok) in [
         ("PidMode", ""),
@@ -1347,8 +1365,9 @@ impl Containers {
         };
 
         // Resources, mounts and security options are checked now (a bad
-        // one fails the create, as with dockerd).
-        self.build_spec(&rec)?;
+        // one fails the create, as with dockerd; GroupAdd names are looked
+        // up once the rootfs exists).
+        self.build_spec(&numeric_group_add(&rec), None)?;
 
         // Reserve the name.
         let entry = {
@@ -1573,7 +1592,16 @@ impl Containers {
         File::create(&rec.log_path)?;
         self.save(&rec)?;
 
-        let spec = self.build_spec(&rec)?;
+        // GroupAdd names are looked up in the rootfs's /etc/group, known once
+        // the snapshot exists; the snapshot is prepared after the containerd
+        // container that references it (an unreferenced active snapshot can
+        // be garbage-collected), so such a spec is completed by an update.
+        let names = spec::group_add_needs_names(&rec.host_config);
+        let spec = if names {
+            self.build_spec(&numeric_group_add(&rec), None)?
+        } else {
+            self.build_spec(&rec, None)?
+        };
         let container = ctrs::Container {
             id: id.clone(),
             labels: HashMap::from([("io.orca.engine".to_string(), "1".to_string())]),
@@ -1597,7 +1625,8 @@ impl Containers {
             }))
             .await
             .map_err(|s| EngineError::grpc("create containerd container", s))?;
-        self.ctrd
+        let rootfs = self
+            .ctrd
             .snapshots()
             .prepare(self.ctrd.req(snaps::PrepareSnapshotRequest {
                 snapshotter: self.cfg.snapshotter.clone(),
@@ -1606,11 +1635,39 @@ impl Containers {
                 labels: HashMap::new(),
             }))
             .await
-            .map_err(|s| EngineError::grpc("prepare rootfs snapshot", s))?;
+            .map_err(|s| EngineError::grpc("prepare rootfs snapshot", s))?
+            .into_inner()
+            .mounts;
+        if names {
+            let scratch = self.cfg.exec_root.join("groups");
+            let etc_group =
+                tokio::task::spawn_blocking(move || spec::read_etc_group(&rootfs, &scratch))
+                    .await
+                    .map_err(EngineError::internal)??;
+            let spec = self.build_spec(&rec, etc_group.as_deref())?;
+            let container = ctrs::Container {
+                id: id.clone(),
+                spec: Some(prost_types::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                    value: serde_json::to_vec(&spec).map_err(EngineError::internal)?,
+                }),
+                ..Default::default()
+            };
+            self.ctrd
+                .containers()
+                .update(self.ctrd.req(ctrs::UpdateContainerRequest {
+                    container: Some(container),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["spec".into()],
+                    }),
+                }))
+                .await
+                .map_err(|s| EngineError::grpc("update containerd container", s))?;
+        }
         Ok(())
     }
 
-    fn build_spec(&self, rec: &Record) -> Result<Value> {
+    fn build_spec(&self, rec: &Record, etc_group: Option<&str>) -> Result<Value> {
         let c = &rec.config;
         let mut env = Vec::new();
         if !c.env.iter().any(|e| env_key(e) == "PATH") {
@@ -1653,6 +1710,7 @@ impl Containers {
             cgroup_parent: &self.cfg.cgroup_parent,
             host: &host,
             volume_mounts: &rec.mount_points.iter().map(|m| m.oci()).collect::<Vec<_>>(),
+            etc_group,
         })
     }
 

@@ -376,7 +376,7 @@ impl Containers {
         }
         if !e.cfg.user.is_empty() {
             let (uid, gid) = spec::parse_user(&e.cfg.user)?;
-            p["user"] = json!({"uid": uid, "gid": gid});
+            exec_user(&mut p, uid, gid);
         }
         // A resize that came before the start wins over ConsoleSize.
         let size = e.st().pending_size.or(e.cfg.console_size);
@@ -656,5 +656,35 @@ impl Containers {
             )));
         }
         self.resize_pty(&rec.id, "", w, h).await
+    }
+}
+
+/// Sets the exec's uid/gid on the container's `process` spec, keeping its
+/// `additionalGids` (the container's `GroupAdd`): dockerd's getUser gives
+/// an `exec -u` process the container's added groups too.
+fn exec_user(p: &mut Value, uid: u32, gid: u32) {
+    let gids = p["user"]["additionalGids"].clone();
+    p["user"] = json!({"uid": uid, "gid": gid});
+    if gids.as_array().is_some_and(|a| !a.is_empty()) {
+        p["user"]["additionalGids"] = gids;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_user_keeps_the_containers_added_groups() {
+        let mut p =
+            json!({"user": {"uid": 0, "gid": 0, "additionalGids": [1234, 29]}, "args": ["sh"]});
+        exec_user(&mut p, 1000, 100);
+        assert_eq!(
+            p["user"],
+            json!({"uid": 1000, "gid": 100, "additionalGids": [1234, 29]})
+        );
+        let mut p = json!({"user": {"uid": 0, "gid": 0}});
+        exec_user(&mut p, 1000, 0);
+        assert_eq!(p["user"], json!({"uid": 1000, "gid": 0}));
     }
 }

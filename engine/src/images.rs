@@ -6,23 +6,18 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use orca_proto::images::{self as imgs, Image};
-use orca_proto::leases;
 use orca_proto::snapshots as snaps;
 use orca_proto::types::Descriptor;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::containerd::Containerd;
 use crate::error::{EngineError, Result};
+use crate::image_writer::{put_record, ImageWriter};
 use crate::reference::{familiar, Reference};
 use orca_registry as reg;
-
-/// The GC label keeping a blob's child alive.
-const GC_CONTENT: &str = "containerd.io/gc.ref.content";
-const GC_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
-const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
 
 /// Name prefix of image records that keep an untagged ("dangling") image,
 /// as dockerd's containerd image store names them.
@@ -271,6 +266,11 @@ impl ImageService {
         &self.snapshotter
     }
 
+    /// The containerd (supervisor) client.
+    pub(crate) fn ctrd(&self) -> &Containerd {
+        &self.ctrd
+    }
+
     /// The registry client (shared with push and login).
     pub fn registry(&self) -> &reg::Client {
         &self.registry
@@ -323,28 +323,9 @@ impl ImageService {
             json!({"status": format!("Pulling from {}", r.path), "id": r.object()}),
         )
         .await;
-        let lease = format!("orcad-pull-{}", crate::util::random_hex(8));
-        let expire = crate::util::rfc3339(chrono::Utc::now() + chrono::Duration::hours(1));
-        self.ctrd
-            .leases()
-            .create(self.ctrd.req(leases::CreateRequest {
-                id: lease.clone(),
-                labels: HashMap::from([("containerd.io/gc.expire".to_string(), expire)]),
-            }))
-            .await
-            .map_err(|s| EngineError::grpc("create lease", s))?;
-        let res = self.pull_with_lease(&plan, tx, &lease).await;
-        if let Err(s) = self
-            .ctrd
-            .leases()
-            .delete(self.ctrd.req(leases::DeleteRequest {
-                id: lease.clone(),
-                sync: false,
-            }))
-            .await
-        {
-            warn!(lease, "cannot delete pull lease: {s}");
-        }
+        let w = ImageWriter::begin(self, "pull").await?;
+        let res = self.pull_with_lease(&plan, tx, &w).await;
+        w.finish().await;
         let existed = res?;
         emit(
             tx,
@@ -366,7 +347,7 @@ impl ImageService {
         &self,
         plan: &PullPlan,
         tx: &mpsc::Sender<Bytes>,
-        lease: &str,
+        w: &ImageWriter<'_>,
     ) -> Result<bool> {
         let r = &plan.reference;
         let config_desc = &plan.image.config;
@@ -426,9 +407,8 @@ impl ImageService {
         let mut downloaded = vec![false; layers.len()];
         let mut missing: Vec<usize> = Vec::new();
         for (i, l) in layers.iter().enumerate() {
-            let labels = HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids[i].clone())]);
-            if self.ctrd.content_info(&l.digest).await?.is_some() {
-                self.ctrd.content_set_labels(&l.digest, labels).await?;
+            let labels = ImageWriter::layer_labels(&diff_ids[i]);
+            if w.relabel_existing(&l.digest, labels).await? {
                 emit(tx, json!({"status": "Already exists", "progressDetail": {}, "id": short(&l.digest)})).await;
             } else if missing.iter().any(|&j| layers[j].digest == l.digest) {
                 // The same blob twice in one image: downloaded once.
@@ -442,9 +422,8 @@ impl ImageService {
         plan.repo
             .for_each_blob(&todo, reg::DEFAULT_CONCURRENCY, |k, l, stream| async move {
                 let i = missing_ref[k];
-                let labels =
-                    HashMap::from([(LABEL_UNCOMPRESSED.to_string(), diff_ids_ref[i].clone())]);
-                self.download_blob(r, &l, stream, labels, lease, tx).await?;
+                let labels = ImageWriter::layer_labels(&diff_ids_ref[i]);
+                self.download_blob(r, &l, stream, labels, w, tx).await?;
                 emit(tx, json!({"status": "Download complete", "progressDetail": {}, "id": short(&l.digest)})).await;
                 Ok::<_, EngineError>(())
             })
@@ -453,47 +432,30 @@ impl ImageService {
             downloaded[i] = true;
         }
         // Config, manifest, index, with the GC references between them.
-        let mut config_labels = HashMap::new();
-        if let Some(top) = chains.last() {
-            config_labels.insert(format!("{GC_SNAPSHOT}.{}", self.snapshotter), top.clone());
-        }
-        self.put_blob(&config_desc.digest, config_bytes, config_labels, lease)
+        w.write_config(&config_desc.digest, &config_bytes, &chains)
             .await?;
-        let mut manifest_labels =
-            HashMap::from([(format!("{GC_CONTENT}.config"), config_desc.digest.clone())]);
-        for (i, l) in layers.iter().enumerate() {
-            manifest_labels.insert(format!("{GC_CONTENT}.l.{i}"), l.digest.clone());
-        }
-        self.put_blob(
+        w.write_manifest(
             &plan.manifest.digest,
-            plan.manifest.bytes.to_vec(),
-            manifest_labels,
-            lease,
+            &plan.manifest.bytes,
+            &config_desc.digest,
+            layers.iter().map(|l| l.digest.as_str()),
         )
         .await?;
         if let Some(i) = plan.manifest_index {
-            let labels =
-                HashMap::from([(format!("{GC_CONTENT}.m.{i}"), plan.manifest.digest.clone())]);
-            self.put_blob(&plan.top.digest, plan.top.bytes.to_vec(), labels, lease)
+            w.write_index(&plan.top.digest, &plan.top.bytes, i, &plan.manifest.digest)
                 .await?;
         }
         // Unpack.
         for (i, l) in layers.iter().enumerate() {
             let l = proto_desc(l);
-            let parent = if i == 0 {
-                String::new()
-            } else {
-                chains[i - 1].clone()
-            };
-            if self.snapshot_exists(&chains[i]).await? {
+            if w.is_unpacked(&chains[i]).await? {
                 if downloaded[i] {
                     emit(tx, json!({"status": "Pull complete", "progressDetail": {}, "id": short(&l.digest)})).await;
                 }
                 continue;
             }
             emit(tx, json!({"status": "Extracting", "progressDetail": {"current": l.size, "total": l.size}, "progress": progress_bar(l.size, l.size), "id": short(&l.digest)})).await;
-            self.apply_layer(&l, &parent, &chains[i], &diff_ids[i], lease)
-                .await?;
+            w.unpack_layer(&l, &diff_ids[i], &chains, i).await?;
             emit(
                 tx,
                 json!({"status": "Pull complete", "progressDetail": {}, "id": short(&l.digest)}),
@@ -512,52 +474,9 @@ impl ImageService {
             target: Some(target),
             ..Default::default()
         };
-        match self
-            .ctrd
-            .images()
-            .create(self.ctrd.req(imgs::CreateImageRequest {
-                image: Some(image.clone()),
-                source_date_epoch: None,
-            }))
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                self.ctrd
-                    .images()
-                    .update(self.ctrd.req(imgs::UpdateImageRequest {
-                        image: Some(image),
-                        update_mask: Some(prost_types::FieldMask {
-                            paths: vec!["target".into()],
-                        }),
-                        source_date_epoch: None,
-                    }))
-                    .await
-                    .map_err(|s| EngineError::grpc("update image", s))?;
-            }
-            Err(s) => return Err(EngineError::grpc("create image", s)),
-        }
+        put_record(&self.ctrd, image).await?;
         info!(image = %r.full(), digest = %plan.top.digest, "pulled");
         Ok(existed)
-    }
-
-    pub(crate) async fn put_blob(
-        &self,
-        digest: &str,
-        bytes: Vec<u8>,
-        labels: HashMap<String, String>,
-        lease: &str,
-    ) -> Result<()> {
-        if self.ctrd.content_info(digest).await?.is_some() {
-            return self.ctrd.content_set_labels(digest, labels).await;
-        }
-        let mut w = self
-            .ctrd
-            .blob_writer(digest, bytes.len() as i64, labels, Some(lease));
-        for c in bytes.chunks(1 << 20) {
-            w.write(c.to_vec()).await?;
-        }
-        w.commit().await
     }
 
     /// Streams one verified blob download into containerd's Content.Write.
@@ -567,11 +486,11 @@ impl ImageService {
         l: &reg::Descriptor,
         mut stream: reg::BlobStream,
         labels: HashMap<String, String>,
-        lease: &str,
+        writer: &ImageWriter<'_>,
         tx: &mpsc::Sender<Bytes>,
     ) -> Result<()> {
         let size = l.size as i64;
-        let mut w = self.ctrd.blob_writer(&l.digest, size, labels, Some(lease));
+        let mut w = writer.blob_writer(&l.digest, size, labels);
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut current: i64 = 0;
         let mut last_report: i64 = -1;
@@ -591,104 +510,6 @@ impl ImageService {
         }
         debug!(digest = %l.digest, bytes = current, "layer downloaded");
         w.commit().await
-    }
-
-    pub(crate) async fn snapshot_exists(&self, key: &str) -> Result<bool> {
-        match self
-            .ctrd
-            .snapshots()
-            .stat(self.ctrd.req(snaps::StatSnapshotRequest {
-                snapshotter: self.snapshotter.clone(),
-                key: key.to_string(),
-            }))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
-            Err(s) => Err(EngineError::grpc("stat snapshot", s)),
-        }
-    }
-
-    pub(crate) async fn apply_layer(
-        &self,
-        layer: &Descriptor,
-        parent: &str,
-        chain: &str,
-        diff_id: &str,
-        lease: &str,
-    ) -> Result<()> {
-        let key = format!("extract-{} {chain}", crate::util::random_hex(6));
-        let mounts = self
-            .ctrd
-            .snapshots()
-            .prepare(self.ctrd.req_lease(
-                snaps::PrepareSnapshotRequest {
-                    snapshotter: self.snapshotter.clone(),
-                    key: key.clone(),
-                    parent: parent.to_string(),
-                    labels: HashMap::new(),
-                },
-                Some(lease),
-            ))
-            .await
-            .map_err(|s| EngineError::grpc("prepare snapshot", s))?
-            .into_inner()
-            .mounts;
-        let res = async {
-            let applied = self
-                .ctrd
-                .diff()
-                .apply(self.ctrd.req_lease(
-                    orca_proto::diff::ApplyRequest {
-                        diff: Some(layer.clone()),
-                        mounts,
-                        payloads: HashMap::new(),
-                        sync_fs: false,
-                    },
-                    Some(lease),
-                ))
-                .await
-                .map_err(|s| EngineError::grpc(&format!("apply layer {}", layer.digest), s))?
-                .into_inner()
-                .applied;
-            let got = applied.map(|d| d.digest).unwrap_or_default();
-            if got != diff_id {
-                return Err(EngineError::internal(format!(
-                    "layer {}: unpacked digest {got} does not match diff id {diff_id}",
-                    layer.digest
-                )));
-            }
-            match self
-                .ctrd
-                .snapshots()
-                .commit(self.ctrd.req_lease(
-                    snaps::CommitSnapshotRequest {
-                        snapshotter: self.snapshotter.clone(),
-                        name: chain.to_string(),
-                        key: key.clone(),
-                        labels: HashMap::new(),
-                    },
-                    Some(lease),
-                ))
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-                Err(s) => Err(EngineError::grpc("commit snapshot", s)),
-            }
-        }
-        .await;
-        if res.is_err() {
-            let _ = self
-                .ctrd
-                .snapshots()
-                .remove(self.ctrd.req(snaps::RemoveSnapshotRequest {
-                    snapshotter: self.snapshotter.clone(),
-                    key: key.clone(),
-                }))
-                .await;
-        }
-        res
     }
 
     pub(crate) async fn image_record(&self, name: &str) -> Result<Option<Image>> {
@@ -798,17 +619,7 @@ impl ImageService {
     pub async fn size(&self, img: &ResolvedImage) -> i64 {
         let mut total = 0;
         for c in &img.chain_ids {
-            if let Ok(u) = self
-                .ctrd
-                .snapshots()
-                .usage(self.ctrd.req(snaps::UsageRequest {
-                    snapshotter: self.snapshotter.clone(),
-                    key: c.clone(),
-                }))
-                .await
-            {
-                total += u.into_inner().size;
-            }
+            total += self.snapshot_usage(c).await.unwrap_or(0);
         }
         if total == 0 {
             total = img.layers.iter().map(|l| l.size).sum();
@@ -835,15 +646,7 @@ impl ImageService {
                 .filter(|i| !i.name.contains('@'))
                 .map(|i| familiar(&i.name))
                 .collect();
-            let digests: Vec<String> = imgs
-                .iter()
-                .filter(|i| !is_dangling_name(&i.name))
-                .filter_map(|i| {
-                    Reference::parse(&i.name)
-                        .ok()
-                        .map(|r| format!("{}@{}", familiar(&r.name()), i.target.digest))
-                })
-                .collect();
+            let digests = repo_digests(imgs.iter());
             out.push(json!({
                 "Containers": -1,
                 "Created": created_unix(first),
@@ -869,48 +672,17 @@ impl ImageService {
                 "repository name must have at least one component".into(),
             ));
         }
-        let full = if tag.is_empty() {
-            repo.to_string()
-        } else {
-            format!("{repo}:{tag}")
-        };
-        let r = Reference::parse(&full)?;
-        if r.digest.is_some() {
-            return Err(EngineError::BadRequest(
-                "refusing to create a tag with a digest reference".into(),
-            ));
-        }
-        let name = r.full();
+        let name = record_name(
+            repo,
+            tag,
+            "refusing to create a tag with a digest reference",
+        )?;
         let record = Image {
             name: name.clone(),
             target: Some(img.target.clone()),
             ..Default::default()
         };
-        match self
-            .ctrd
-            .images()
-            .create(self.ctrd.req(imgs::CreateImageRequest {
-                image: Some(record.clone()),
-                ..Default::default()
-            }))
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                self.ctrd
-                    .images()
-                    .update(self.ctrd.req(imgs::UpdateImageRequest {
-                        image: Some(record),
-                        update_mask: Some(prost_types::FieldMask {
-                            paths: vec!["target".into()],
-                        }),
-                        ..Default::default()
-                    }))
-                    .await
-                    .map_err(|s| EngineError::grpc("update image", s))?;
-            }
-            Err(s) => return Err(EngineError::grpc("create image", s)),
-        }
+        put_record(&self.ctrd, record).await?;
         info!(source, target = %name, "tagged image");
         Ok(())
     }
@@ -1054,19 +826,24 @@ impl ImageService {
         Ok(Value::Array(rows))
     }
 
+    /// The disk usage of one snapshot (None: it cannot be measured).
+    async fn snapshot_usage(&self, key: &str) -> Option<i64> {
+        self.ctrd
+            .snapshots()
+            .usage(self.ctrd.req(snaps::UsageRequest {
+                snapshotter: self.snapshotter.clone(),
+                key: key.to_string(),
+            }))
+            .await
+            .ok()
+            .map(|u| u.into_inner().size)
+    }
+
     /// The unpacked size of layer `i` (its own snapshot), else its blob size.
     async fn layer_size(&self, img: &ResolvedImage, i: usize) -> i64 {
         if let Some(c) = img.chain_ids.get(i) {
-            if let Ok(u) = self
-                .ctrd
-                .snapshots()
-                .usage(self.ctrd.req(snaps::UsageRequest {
-                    snapshotter: self.snapshotter.clone(),
-                    key: c.clone(),
-                }))
-                .await
-            {
-                return u.into_inner().size;
+            if let Some(size) = self.snapshot_usage(c).await {
+                return size;
             }
         }
         img.layers.get(i).map(|l| l.size).unwrap_or(0)
@@ -1086,15 +863,7 @@ impl ImageService {
             .filter(|i| !is_dangling_name(&i.name))
             .map(|i| familiar(&i.name))
             .collect();
-        let digests: Vec<String> = same
-            .iter()
-            .filter(|i| !is_dangling_name(&i.name))
-            .filter_map(|i| {
-                Reference::parse(&i.name)
-                    .ok()
-                    .map(|r| format!("{}@{}", familiar(&r.name()), i.target.digest))
-            })
-            .collect();
+        let digests = repo_digests(same.iter().copied());
         let c = &img.config;
         Ok(json!({
             "Id": img.config_digest,
@@ -1114,6 +883,34 @@ impl ImageService {
             "Metadata": {"LastTagTime": crate::util::rfc3339(img.record_created)},
         }))
     }
+}
+
+/// The full name of a new image record `repo[:tag]`; a digest reference is
+/// refused with `on_digest`.
+pub(crate) fn record_name(repo: &str, tag: &str, on_digest: &str) -> Result<String> {
+    let full = if tag.is_empty() {
+        repo.to_string()
+    } else {
+        format!("{repo}:{tag}")
+    };
+    let r = Reference::parse(&full)?;
+    if r.digest.is_some() {
+        return Err(EngineError::BadRequest(on_digest.into()));
+    }
+    Ok(r.full())
+}
+
+/// `RepoDigests`: `name@manifest-digest` of each (non-dangling) record of one
+/// image.
+fn repo_digests<'i>(records: impl Iterator<Item = &'i ResolvedImage>) -> Vec<String> {
+    records
+        .filter(|i| !is_dangling_name(&i.name))
+        .filter_map(|i| {
+            Reference::parse(&i.name)
+                .ok()
+                .map(|r| format!("{}@{}", familiar(&r.name()), i.target.digest))
+        })
+        .collect()
 }
 
 /// The image's creation time (from its config) as Unix seconds.

@@ -23,6 +23,7 @@ pub mod containers;
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod image_writer;
 pub mod images;
 pub mod info;
 pub mod network;

@@ -118,6 +118,10 @@ struct Args {
     /// Prefix of orcad's iptables chains [default: ORCA].
     #[arg(long = "iptables-chain")]
     iptables_chain: Option<String>,
+    /// The address `--add-host NAME:host-gateway` maps to [default: the
+    /// default bridge's gateway].
+    #[arg(long = "host-gateway-ip")]
+    host_gateway_ip: Option<String>,
 }
 
 /// Writes the pid file, refusing when it names another live process.
@@ -185,6 +189,7 @@ async fn run() -> anyhow::Result<()> {
             ip: args.ip,
             pools: (!args.default_address_pools.is_empty()).then_some(args.default_address_pools),
             chain: args.iptables_chain,
+            host_gateway_ip: args.host_gateway_ip,
         },
         tls: args.tls.then_some(true),
         tlsverify: args.tlsverify.then_some(true),

@@ -569,6 +569,20 @@ impl Networks {
         v
     }
 
+    /// What `host-gateway` in `--add-host` means: `--host-gateway-ip`, else
+    /// the default bridge's gateway (dockerd's error when there is neither).
+    fn host_gateway(&self) -> Result<String> {
+        if let Some(ip) = self.cfg.host_gateway_ip {
+            return Ok(ip.to_string());
+        }
+        self.default_bridge()
+            .map(|n| n.gateway)
+            .filter(|g| !g.is_empty())
+            .ok_or_else(|| {
+                EngineError::Internal("unable to derive the IP value for host-gateway".into())
+            })
+    }
+
     /// The default bridge network, when enabled.
     pub fn default_bridge(&self) -> Option<Network> {
         lock(&self.map).values().find(|n| n.predefined).cloned()
@@ -727,7 +741,7 @@ impl Networks {
         let hc = &rec.host_config;
         let mode = hc["NetworkMode"].as_str().unwrap_or("");
         let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let extra = extra_hosts(hc)?;
+        let extra = extra_hosts(hc, Some(&|| self.host_gateway()))?;
         let mut hosts = if mode == "host" {
             String::from_utf8_lossy(&fs::read("/etc/hosts").unwrap_or_default()).into_owned()
         } else {
@@ -1302,7 +1316,7 @@ pub async fn disconnect(engine: &crate::Engine, key: &str, body: &Value) -> Resu
 
 /// Checks `ExtraHosts` and `Dns` at create, before anything is made.
 pub fn check_hosts_and_dns(hc: &Value) -> Result<()> {
-    extra_hosts(hc)?;
+    extra_hosts(hc, None)?;
     for a in str_list(&hc["Dns"]) {
         if a.parse::<std::net::IpAddr>().is_err() {
             return Err(EngineError::BadRequest(format!("{a} is not an ip address")));
@@ -1312,8 +1326,12 @@ pub fn check_hosts_and_dns(hc: &Value) -> Result<()> {
 }
 
 /// `HostConfig.ExtraHosts` (`name:ip`, the docker CLI's `--add-host`; an
-/// IPv6 address keeps its colons) as (name, ip) pairs.
-fn extra_hosts(hc: &Value) -> Result<Vec<(String, String)>> {
+/// IPv6 address keeps its colons) as (name, ip) pairs. `host-gateway` is
+/// `host_gw()`'s address (`None`: only checking, such entries are skipped).
+fn extra_hosts(
+    hc: &Value,
+    host_gw: Option<&dyn Fn() -> Result<String>>,
+) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for e in str_list(&hc["ExtraHosts"]) {
         let (name, ip) = e
@@ -1324,9 +1342,15 @@ fn extra_hosts(hc: &Value) -> Result<Vec<(String, String)>> {
             })?;
         let ip = ip.trim_start_matches('[').trim_end_matches(']');
         if ip == "host-gateway" {
-            return Err(EngineError::NotImplemented(
-                "--add-host NAME:host-gateway is not implemented in orcad yet".into(),
-            ));
+            if name.is_empty() {
+                return Err(EngineError::BadRequest(format!(
+                    "invalid extra host entry {e:?}: expected name:ip"
+                )));
+            }
+            if let Some(gw) = host_gw {
+                out.push((name.to_string(), gw()?));
+            }
+            continue;
         }
         if name.is_empty() || ip.parse::<std::net::IpAddr>().is_err() {
             return Err(EngineError::BadRequest(format!(

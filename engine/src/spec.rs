@@ -65,6 +65,8 @@ pub struct SpecInput<'a> {
     /// Volume mounts (and binds inherited through VolumesFrom), already
     /// resolved to host paths (`volumes::MountPoint::oci`).
     pub volume_mounts: &'a [Value],
+    /// The container's /etc/group (for `GroupAdd` names); `None`: it has none.
+    pub etc_group: Option<&'a str>,
 }
 
 /// Parses a numeric `uid[:gid]` ("" and "root" are 0:0).
@@ -453,7 +455,6 @@ pub fn resources(hc: &Value) -> Result<Value> {
         "BlkioDeviceReadIOps",
         "BlkioDeviceWriteIOps",
         "DeviceRequests",
-        "DeviceCgroupRules",
     ] {
         if hc[k].as_array().is_some_and(|a| !a.is_empty()) {
             return Err(EngineError::NotImplemented(format!(
@@ -651,6 +652,387 @@ fn dev(typ: &str, major: Option<i64>, minor: Option<i64>, access: &str) -> Value
     v
 }
 
+/// Go's text of an errno (lower-case, no "(os error N)"), as dockerd's
+/// messages carry it.
+fn errno_text(e: &std::io::Error) -> String {
+    let s = match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+        None => e.to_string(),
+    };
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => s,
+    }
+}
+
+/// A host device node as an OCI `linux.devices` entry (path `dst`), or
+/// `Ok(None)` when `path` is not a device node (containerd's
+/// DeviceFromPath: block, char or fifo; never follows a symlink).
+fn device_from_path(path: &std::path::Path, dst: &str) -> std::io::Result<Option<Value>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let md = std::fs::symlink_metadata(path)?;
+    let ft = md.file_type();
+    let typ = if ft.is_block_device() {
+        "b"
+    } else if ft.is_char_device() {
+        "c"
+    } else if ft.is_fifo() {
+        "p"
+    } else {
+        return Ok(None);
+    };
+    let rdev = md.rdev();
+    Ok(Some(json!({
+        "path": dst,
+        "type": typ,
+        "major": nix::sys::stat::major(rdev),
+        "minor": nix::sys::stat::minor(rdev),
+        "fileMode": md.mode() & 0o7777,
+        "uid": md.uid(),
+        "gid": md.gid(),
+    })))
+}
+
+/// The cgroup rule allowing `d` with `access`.
+fn device_rule(d: &Value, access: &str) -> Value {
+    json!({"allow": true, "type": d["type"], "major": d["major"], "minor": d["minor"], "access": access})
+}
+
+/// dockerd's DevicesFromPath: the node at `host` (a symlink resolved) as
+/// `ctr`, or every node below a directory (`ctr` replacing its prefix).
+fn devices_from_path(host: &str, ctr: &str) -> Result<Vec<Value>> {
+    let fail = |why: String| {
+        EngineError::Internal(format!(
+            "error gathering device information while adding custom device {host:?}: {why}"
+        ))
+    };
+    let mut resolved = std::path::PathBuf::from(host);
+    if std::fs::symlink_metadata(host).is_ok_and(|m| m.file_type().is_symlink()) {
+        if let Ok(p) = std::fs::canonicalize(host) {
+            resolved = p;
+        }
+    }
+    match device_from_path(&resolved, ctr) {
+        Ok(Some(d)) => return Ok(vec![d]),
+        Ok(None) => {}
+        Err(e) => return Err(fail(errno_text(&e))),
+    }
+    let mut out = Vec::new();
+    if resolved.is_dir() {
+        // Like filepath.Walk: lexical order, symlinks not followed, entries
+        // that cannot be read skipped.
+        let mut stack = vec![resolved.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+            entries.sort();
+            for p in entries.into_iter().rev() {
+                let rel = p.strip_prefix(&resolved).unwrap_or(&p);
+                let dst = format!("{}/{}", ctr.trim_end_matches('/'), rel.display());
+                match device_from_path(&p, &dst) {
+                    Ok(Some(d)) => out.push(d),
+                    Ok(None) => {
+                        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                            stack.push(p);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        out.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+    }
+    if out.is_empty() {
+        return Err(fail("not a device node".into()));
+    }
+    Ok(out)
+}
+
+/// Every device node under the host's /dev, for `--privileged`.
+pub fn host_devices() -> Result<Vec<Value>> {
+    host_devices_under(std::path::Path::new("/dev"), "/dev")
+}
+
+/// containerd's oci.HostDevices (what dockerd gives a privileged
+/// container): char and block nodes below `dir` (named under `ctr`), in
+/// name order, skipping fifos, `console`, symlinks and the pts, shm, fd,
+/// mqueue, .lxc, .lxd-mounts and .udev directories; an entry that vanished
+/// meanwhile is skipped, any other error fails.
+fn host_devices_under(dir: &std::path::Path, ctr: &str) -> Result<Vec<Value>> {
+    let fail = |p: &std::path::Path, e: std::io::Error| {
+        EngineError::Internal(format!(
+            "error gathering host devices for a privileged container: {}: {}",
+            p.display(),
+            errno_text(&e)
+        ))
+    };
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .map_err(|e| fail(dir, e))?
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| fail(dir, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    let mut out = Vec::new();
+    for e in entries {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let path = e.path();
+        let dst = format!("{}/{name}", ctr.trim_end_matches('/'));
+        let ft = match e.file_type() {
+            Ok(ft) => ft,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(fail(&path, err)),
+        };
+        if ft.is_dir() {
+            if !matches!(
+                &*name,
+                "pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev"
+            ) {
+                out.extend(host_devices_under(&path, &dst)?);
+            }
+            continue;
+        }
+        if name == "console" {
+            continue;
+        }
+        match device_from_path(&path, &dst) {
+            Ok(Some(d)) if d["type"] != "p" => out.push(d),
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(fail(&path, err)),
+        }
+    }
+    Ok(out)
+}
+
+/// The `linux.devices` of a privileged container, as dockerd builds them:
+/// every host device, then each `HostConfig.Devices` mapping whose
+/// container path differs from its host path (the others are already
+/// there), with "rwm" whatever its CgroupPermissions (all are allowed).
+fn privileged_devices(hc: &Value) -> Result<Vec<Value>> {
+    if !hc["Devices"].is_null() && !hc["Devices"].is_array() {
+        // The same 400 as unprivileged.
+        devices(hc)?;
+    }
+    let mut nodes = host_devices()?;
+    let mapped: Vec<Value> = hc["Devices"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|d| {
+                    let host = d["PathOnHost"].as_str().unwrap_or("");
+                    let ctr = d["PathInContainer"].as_str().unwrap_or("");
+                    !ctr.is_empty() && ctr != host
+                })
+                .map(|d| {
+                    let mut d = d.clone();
+                    d["CgroupPermissions"] = json!("rwm");
+                    d
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !mapped.is_empty() {
+        let (user_nodes, _) = devices(&json!({ "Devices": mapped }))?;
+        nodes.extend(user_nodes);
+    }
+    Ok(nodes)
+}
+
+/// `HostConfig.Devices` (host nodes, as `linux.devices`) and the cgroup
+/// rules allowing them plus `HostConfig.DeviceCgroupRules`, as dockerd
+/// builds them. A missing host path is dockerd's 500 error.
+pub fn devices(hc: &Value) -> Result<(Vec<Value>, Vec<Value>)> {
+    let mut nodes = Vec::new();
+    let mut rules = Vec::new();
+    let list = match &hc["Devices"] {
+        Value::Null => &[][..],
+        Value::Array(a) => a.as_slice(),
+        _ => {
+            return Err(EngineError::BadRequest(
+                "HostConfig.Devices must be an array of {PathOnHost, PathInContainer, CgroupPermissions}".into(),
+            ))
+        }
+    };
+    for d in list {
+        let field = |k: &str| -> Result<&str> {
+            match &d[k] {
+                Value::Null => Ok(""),
+                Value::String(s) => Ok(s.as_str()),
+                _ => Err(EngineError::BadRequest(format!(
+                    "HostConfig.Devices: {k} must be a string"
+                ))),
+            }
+        };
+        let host = field("PathOnHost")?;
+        if host.is_empty() {
+            return Err(EngineError::BadRequest(
+                "HostConfig.Devices: PathOnHost must be set".into(),
+            ));
+        }
+        let ctr = match field("PathInContainer")? {
+            "" => host,
+            c => c,
+        };
+        if !ctr.starts_with('/') {
+            return Err(EngineError::BadRequest(format!(
+                "invalid device path in container {ctr:?}: it must be absolute"
+            )));
+        }
+        let access = match field("CgroupPermissions")? {
+            "" => "rwm",
+            a => a,
+        };
+        if access.len() > 3 || !access.chars().all(|c| "rwm".contains(c)) {
+            return Err(EngineError::BadRequest(format!(
+                "invalid device mode: {access}"
+            )));
+        }
+        for n in devices_from_path(host, ctr)? {
+            rules.push(device_rule(&n, access));
+            nodes.push(n);
+        }
+    }
+    for r in str_list(&hc["DeviceCgroupRules"]) {
+        rules.push(parse_cgroup_rule(&r)?);
+    }
+    if !hc["DeviceCgroupRules"].is_null() && !hc["DeviceCgroupRules"].is_array() {
+        return Err(EngineError::BadRequest(
+            "HostConfig.DeviceCgroupRules must be an array of strings".into(),
+        ));
+    }
+    Ok((nodes, rules))
+}
+
+/// One `--device-cgroup-rule` (`TYPE MAJOR:MINOR ACCESS`, `*` for any
+/// number: -1 in the spec), as dockerd's regexp
+/// `^([acb]) ([0-9]+|\*):([0-9]+|\*) ([rwm]{1,3})$` accepts it.
+pub fn parse_cgroup_rule(rule: &str) -> Result<Value> {
+    let bad = || EngineError::BadRequest(format!("invalid device cgroup rule format: '{rule}'"));
+    let parts: Vec<&str> = rule.split(' ').collect();
+    let [typ, nums, access] = parts.as_slice() else {
+        return Err(bad());
+    };
+    if !["a", "b", "c"].contains(typ) {
+        return Err(bad());
+    }
+    if access.is_empty() || access.len() > 3 || !access.chars().all(|c| "rwm".contains(c)) {
+        return Err(bad());
+    }
+    let (ma, mi) = nums.split_once(':').ok_or_else(bad)?;
+    let num = |s: &str| -> Result<i64> {
+        if s == "*" {
+            return Ok(-1);
+        }
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse::<i64>().map_err(|_| {
+            EngineError::BadRequest(format!(
+                "invalid major/minor value in device cgroup rule format: '{rule}'"
+            ))
+        })
+    };
+    Ok(json!({"allow": true, "type": typ, "major": num(ma)?, "minor": num(mi)?, "access": access}))
+}
+
+/// `HostConfig.GroupAdd` as gids, the way runc's GetAdditionalGroups (and
+/// so dockerd) resolves them: an entry matching a group's name or gid in
+/// the container's /etc/group takes that group's gid, else it must be a
+/// number in 0..=2^31-1. Duplicates are dropped; order is kept.
+pub fn additional_gids(groups: &[String], etc_group: Option<&str>) -> Result<Vec<u32>> {
+    let entries: Vec<(&str, u32)> = etc_group
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let _pw = f.next();
+            let gid = f.next()?.trim().parse::<u32>().ok()?;
+            Some((name, gid))
+        })
+        .collect();
+    let mut out: Vec<u32> = Vec::new();
+    for g in groups {
+        let found = entries
+            .iter()
+            .find(|(n, gid)| *n == g || gid.to_string() == *g)
+            .map(|(_, gid)| *gid);
+        let gid = match found {
+            Some(gid) => gid,
+            None => {
+                let n = g.parse::<i64>().map_err(|_| {
+                    EngineError::Internal(format!(
+                        "Unable to find group {g}: no matching entries in group file"
+                    ))
+                })?;
+                if !(0..=i64::from(i32::MAX)).contains(&n) {
+                    return Err(EngineError::Internal(format!(
+                        "uids and gids must be in range 0-{}",
+                        i32::MAX
+                    )));
+                }
+                n as u32
+            }
+        };
+        if !out.contains(&gid) {
+            out.push(gid);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether resolving `GroupAdd` needs the container's /etc/group (some
+/// entry is not a plain number).
+pub fn group_add_needs_names(hc: &Value) -> bool {
+    str_list(&hc["GroupAdd"])
+        .iter()
+        .any(|g| g.parse::<u32>().is_err())
+}
+
+/// Reads `/etc/group` of a rootfs given as its (snapshot) mounts: mounted
+/// read-only in a fresh directory under `scratch`, read with symlinks
+/// resolved inside the root, unmounted. `Ok(None)`: the file is missing.
+pub fn read_etc_group(
+    mounts: &[orca_proto::types::Mount],
+    scratch: &std::path::Path,
+) -> Result<Option<String>> {
+    let [m] = mounts else {
+        return Err(EngineError::internal(format!(
+            "reading /etc/group: {} rootfs mounts (expected one)",
+            mounts.len()
+        )));
+    };
+    std::fs::create_dir_all(scratch)?;
+    let dir = scratch.join(format!("group-{}", crate::util::random_hex(8)));
+    std::fs::create_dir(&dir)?;
+    struct Guard<'a>(&'a std::path::Path, bool);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            if self.1 {
+                let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+            }
+            let _ = std::fs::remove_dir(self.0);
+        }
+    }
+    let mut g = Guard(&dir, false);
+    crate::archive::mount_one(m, &dir, false)?;
+    g.1 = true;
+    let rel = match crate::archive::resolve_in_root(&dir, "/etc/group", true) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(EngineError::internal(format!("reading /etc/group: {e}"))),
+    };
+    match std::fs::read(dir.join(rel)) {
+        Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(EngineError::internal(format!("reading /etc/group: {e}"))),
+    }
+}
+
 /// The runtime spec (config.json) for a container.
 pub fn build(i: &SpecInput<'_>) -> Result<Value> {
     let (uid, gid) = parse_user(i.user)?;
@@ -767,11 +1149,17 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
         dev("c", Some(5), Some(2), "rwm"),
         dev("c", Some(10), Some(200), "rwm"),
     ];
-    if privileged {
+    let user_nodes = if privileged {
         devices = vec![json!({"allow": true, "access": "rwm"})];
-    }
+        privileged_devices(hc)?
+    } else {
+        let (user_nodes, user_rules) = self::devices(hc)?;
+        devices.extend(user_rules);
+        user_nodes
+    };
     let mut resources = resources(hc)?;
     resources["devices"] = json!(devices);
+    let gids = additional_gids(&str_list(&hc["GroupAdd"]), i.etc_group)?;
     let nnp = no_new_privileges(hc)?;
     // Docker's default seccomp profile for these capabilities, a custom one,
     // or none (unconfined, privileged).
@@ -812,6 +1200,12 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
     });
     if let Some(sc) = seccomp {
         spec["linux"]["seccomp"] = sc;
+    }
+    if !user_nodes.is_empty() {
+        spec["linux"]["devices"] = json!(user_nodes);
+    }
+    if !gids.is_empty() {
+        spec["process"]["user"]["additionalGids"] = json!(gids);
     }
     // `--network host`: no network namespace (the host's is shared).
     if hc["NetworkMode"] == "host" {
@@ -982,5 +1376,162 @@ mod tests {
         );
         assert!(no_new_privileges(&json!({"SecurityOpt": ["no-new-privileges:true"]})).unwrap());
         assert!(no_new_privileges(&json!({"SecurityOpt": ["apparmor=x"]})).is_err());
+    }
+
+    #[test]
+    fn privileged_host_devices_like_containerd() {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let node = |p: &str, kind: SFlag, ma: u64, mi: u64| {
+            mknod(
+                &r.join(p),
+                kind,
+                Mode::from_bits_truncate(0o640),
+                makedev(ma, mi),
+            )
+            .unwrap();
+        };
+        for sub in ["pts", "shm", "fd", "mqueue", ".udev", "net", "mapper"] {
+            std::fs::create_dir(r.join(sub)).unwrap();
+        }
+        node("kmsg", SFlag::S_IFCHR, 1, 11);
+        node("loop0", SFlag::S_IFBLK, 7, 0);
+        node("console", SFlag::S_IFCHR, 5, 1);
+        node("initctl", SFlag::S_IFIFO, 0, 0);
+        node("pts/0", SFlag::S_IFCHR, 136, 0);
+        node("shm/x", SFlag::S_IFCHR, 1, 3);
+        node(".udev/y", SFlag::S_IFCHR, 1, 3);
+        node("net/tun", SFlag::S_IFCHR, 10, 200);
+        node("mapper/control", SFlag::S_IFCHR, 10, 236);
+        std::fs::write(r.join("regular"), "x").unwrap();
+        std::os::unix::fs::symlink("loop0", r.join("cdrom")).unwrap();
+        std::os::unix::fs::symlink("net", r.join("netlink")).unwrap();
+        let got = host_devices_under(r, "/dev").unwrap();
+        let summary: Vec<(String, String, u64, u64)> = got
+            .iter()
+            .map(|d| {
+                (
+                    d["path"].as_str().unwrap().to_string(),
+                    d["type"].as_str().unwrap().to_string(),
+                    d["major"].as_u64().unwrap(),
+                    d["minor"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String, u64, u64)> = [
+            ("/dev/kmsg", "c", 1, 11),
+            ("/dev/loop0", "b", 7, 0),
+            ("/dev/mapper/control", "c", 10, 236),
+            ("/dev/net/tun", "c", 10, 200),
+        ]
+        .iter()
+        .map(|(p, t, a, b)| (p.to_string(), t.to_string(), *a, *b))
+        .collect();
+        assert_eq!(summary, want);
+        assert_eq!(got[0]["fileMode"], 0o640);
+        let e = host_devices_under(&r.join("nope"), "/dev").unwrap_err();
+        assert!(e.to_string().contains("privileged"), "{e}");
+    }
+
+    #[test]
+    fn privileged_spec_has_every_host_device() {
+        let hc = json!({"Privileged": true, "Devices": [
+            {"PathOnHost": "/dev/null", "PathInContainer": "/dev/null", "CgroupPermissions": "r"},
+            {"PathOnHost": "/dev/null", "PathInContainer": "/dev/mynull", "CgroupPermissions": "r"},
+        ]});
+        let nodes = privileged_devices(&hc).unwrap();
+        let paths: Vec<&str> = nodes.iter().map(|d| d["path"].as_str().unwrap()).collect();
+        assert!(
+            paths.contains(&"/dev/null") && paths.contains(&"/dev/mynull"),
+            "{paths:?}"
+        );
+        assert_eq!(paths.iter().filter(|p| **p == "/dev/null").count(), 1);
+        assert!(!paths
+            .iter()
+            .any(|p| p.starts_with("/dev/pts/") || *p == "/dev/console"));
+        if std::path::Path::new("/dev/kmsg").exists() {
+            assert!(paths.contains(&"/dev/kmsg"));
+        }
+        assert!(privileged_devices(&json!({"Devices": "x"})).is_err());
+    }
+
+    #[test]
+    fn devices_rules_and_groups() {
+        let (nodes, rules) = devices(&json!({
+            "Devices": [{"PathOnHost": "/dev/null", "PathInContainer": "/dev/mynull", "CgroupPermissions": "rw"}],
+            "DeviceCgroupRules": ["c 42:* rmw", "a *:* m"],
+        }))
+        .unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0]["path"], "/dev/mynull");
+        assert_eq!(
+            (
+                nodes[0]["type"].as_str(),
+                nodes[0]["major"].as_u64(),
+                nodes[0]["minor"].as_u64()
+            ),
+            (Some("c"), Some(1), Some(3))
+        );
+        assert_eq!(nodes[0]["uid"], 0);
+        assert!(nodes[0]["fileMode"].as_u64().is_some());
+        assert_eq!(
+            rules[0],
+            json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rw"})
+        );
+        assert_eq!(
+            rules[1],
+            json!({"allow": true, "type": "c", "major": 42, "minor": -1, "access": "rmw"})
+        );
+        assert_eq!(rules[2]["type"], "a");
+        // A directory: every node below it, the container prefix replacing
+        // the host one.
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/null", d.path().join("ignored-link")).unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        nix::unistd::mkfifo(
+            &d.path().join("sub/p"),
+            nix::sys::stat::Mode::from_bits_truncate(0o640),
+        )
+        .unwrap();
+        std::fs::write(d.path().join("file"), "x").unwrap();
+        let (nodes, _) = devices(&json!({"Devices": [{"PathOnHost": d.path().to_str().unwrap(), "PathInContainer": "/dev/mine", "CgroupPermissions": "rwm"}]})).unwrap();
+        assert_eq!(nodes.len(), 1, "{nodes:?}");
+        assert_eq!(nodes[0]["path"], "/dev/mine/sub/p");
+        assert_eq!(nodes[0]["type"], "p");
+        assert_eq!(nodes[0]["fileMode"], 0o640);
+        let e = devices(&json!({"Devices": [{"PathOnHost": "/dev/nope-orca", "PathInContainer": "/dev/x", "CgroupPermissions": "rwm"}]})).unwrap_err();
+        assert!(matches!(e, EngineError::Internal(_)));
+        assert_eq!(e.to_string(), "error gathering device information while adding custom device \"/dev/nope-orca\": no such file or directory");
+        let e =
+            devices(&json!({"Devices": [{"PathOnHost": d.path().join("file").to_str().unwrap()}]}))
+                .unwrap_err();
+        assert!(e.to_string().ends_with(": not a device node"), "{e}");
+        for bad in ["c 1:2", "x 1:2 r", "c 1:2 rwx", "c -1:2 r", "c 1:2  r"] {
+            assert!(
+                matches!(parse_cgroup_rule(bad), Err(EngineError::BadRequest(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            devices(&json!({"Devices": [{"PathOnHost": "/dev/null", "CgroupPermissions": "rx"}]})),
+            Err(EngineError::BadRequest(_))
+        ));
+
+        let group = "root:x:0:\n# comment\naudio:x:29:alice\n1234:x:77:\nbad line\n";
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            additional_gids(&s(&["1234", "audio", "29", "5"]), Some(group)).unwrap(),
+            vec![77, 29, 5]
+        );
+        assert_eq!(additional_gids(&s(&["1234"]), None).unwrap(), vec![1234]);
+        let e = additional_gids(&s(&["video"]), Some(group)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Unable to find group video: no matching entries in group file"
+        );
+        assert!(additional_gids(&s(&["2147483648"]), None).is_err());
+        assert!(group_add_needs_names(&json!({"GroupAdd": ["1", "audio"]})));
+        assert!(!group_add_needs_names(&json!({"GroupAdd": ["1", "2"]})));
     }
 }

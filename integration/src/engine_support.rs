@@ -1,6 +1,6 @@
 //! orcad (the Orca engine) on a private socket, driven by the real docker CLI.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -26,6 +26,8 @@ pub struct Orcad {
     cgroup_parent: String,
     /// Every flag orcad runs with (kept for [`Orcad::restart`]).
     args: Vec<OsString>,
+    /// Started without `--containerd`: orcad runs its own orca-supervisor.
+    managed: bool,
 }
 
 impl Orcad {
@@ -39,6 +41,19 @@ impl Orcad {
     /// orca-supervisor), with extra flags (e.g. `--default-runtime`).
     #[track_caller]
     pub fn start_with(containerd_socket: &Path, extra_args: &[&str]) -> Orcad {
+        Orcad::start_opts(Some(containerd_socket), extra_args)
+    }
+
+    /// Starts orcad without `--containerd`: it runs its own orca-supervisor
+    /// (under the fixture's data-root and exec-root). Dropping the fixture
+    /// stops a supervisor left running (`--live-restore`) too.
+    #[track_caller]
+    pub fn start_managed(extra_args: &[&str]) -> Orcad {
+        Orcad::start_opts(None, extra_args)
+    }
+
+    #[track_caller]
+    fn start_opts(containerd_socket: Option<&Path>, extra_args: &[&str]) -> Orcad {
         let dir = tempfile::Builder::new()
             .prefix("orca-orcad-")
             .tempdir()
@@ -47,7 +62,10 @@ impl Orcad {
         // One cgroup parent per orcad: its Drop removes the parent, which
         // must never be one another test's orcad is creating containers in.
         let cgroup_parent = format!("/{}", crate::util::unique_name("orca-engine-test"));
-        let mut args: Vec<OsString> = vec!["--containerd".into(), containerd_socket.into()];
+        let mut args: Vec<OsString> = Vec::new();
+        if let Some(sock) = containerd_socket {
+            args.extend(["--containerd".into(), sock.into()]);
+        }
         args.extend(extra_args.iter().map(OsString::from));
         args.extend(net_args(extra_args).into_iter().map(OsString::from));
         for (flag, value) in [
@@ -68,6 +86,7 @@ impl Orcad {
             dir,
             cgroup_parent,
             args,
+            managed: containerd_socket.is_none(),
         };
         o.start_again(&[]);
         o
@@ -133,6 +152,25 @@ impl Orcad {
         }
     }
 
+    /// SIGTERM and wait up to `grace` (then SIGKILL); returns whether orcad
+    /// exited by itself within it (true if it was not running).
+    pub fn stop_within(&mut self, grace: Duration) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        terminate(&mut c, grace);
+        // SIGKILLed only if it outlived `grace`.
+        let killed = nix::sys::signal::Signal::SIGKILL as i32;
+        !matches!(c.wait().map(|s| s.signal()), Ok(Some(sig)) if sig == killed)
+    }
+
+    /// A path under the fixture's temp dir (data-root is `data`, exec-root
+    /// `exec`).
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
     /// The API socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("orca.sock")
@@ -183,19 +221,49 @@ impl Orcad {
         text(&out.stdout)
     }
 
-    /// `sh -c SCRIPT` with the docker CLI's environment aimed at this orcad
-    /// (for pipes such as `docker save | docker load`).
-    #[track_caller]
-    pub fn docker_sh(&self, script: &str, limit: Duration) -> Output {
+    /// `program` (another Docker API client such as docker-compose, or a
+    /// shell) with the docker CLI's environment aimed at this orcad.
+    pub fn client_cmd(&self, program: impl AsRef<OsStr>) -> Command {
         let d = self.docker_cmd();
-        let mut c = Command::new("sh");
-        c.args(["-c", script]).stdin(Stdio::null());
+        let mut c = Command::new(program);
+        c.stdin(Stdio::null());
         for (k, v) in d.get_envs() {
             match v {
                 Some(v) => c.env(k, v),
                 None => c.env_remove(k),
             };
         }
+        c
+    }
+
+    /// `docker ARGS…` with `input` on its stdin (then closed), within `limit`.
+    #[track_caller]
+    pub fn docker_with_stdin(&self, args: &[&str], input: &[u8], limit: Duration) -> Output {
+        let mut c = self.docker_cmd();
+        c.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn docker");
+        {
+            let mut si = child.stdin.take().unwrap();
+            si.write_all(input).unwrap();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("docker {args:?} timed out\n{}", self.log()))
+            .expect("docker output")
+    }
+
+    /// `sh -c SCRIPT` with the docker CLI's environment aimed at this orcad
+    /// (for pipes such as `docker save | docker load`).
+    #[track_caller]
+    pub fn docker_sh(&self, script: &str, limit: Duration) -> Output {
+        let mut c = self.client_cmd("sh");
+        c.args(["-c", script]);
         run_with_limit(&mut c, limit)
             .unwrap_or_else(|e| panic!("sh -c {script:?}: {e}\n--- orcad log ---\n{}", self.log()))
     }
@@ -216,6 +284,10 @@ impl Drop for Orcad {
         if let Some(mut c) = self.child.take() {
             terminate(&mut c, Duration::from_secs(5));
         }
+        // A managed orca-supervisor orcad left running (live-restore).
+        if self.managed {
+            stop_supervisor(&self.path("exec/supervisor/supervisor.pid"));
+        }
         // The per-process cgroup parent (runc removes only the containers'
         // own cgroups); fails harmlessly while another test still uses it.
         for p in cgroup_leftovers(&self.cgroup_parent) {
@@ -227,11 +299,38 @@ impl Drop for Orcad {
     }
 }
 
+/// SIGTERM to the process in `pidfile` (if any), waiting up to 10 s for it.
+fn stop_supervisor(pidfile: &Path) {
+    let Some(pid) = fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    wait_until(Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+}
+
 pub use crate::process::run_with_limit;
 
 /// Bytes as text (lossy): a command's stdout or stderr.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A command's stdout as text.
+pub fn stdout(o: &Output) -> String {
+    text(&o.stdout)
+}
+
+/// A command's stderr as text.
+pub fn stderr(o: &Output) -> String {
+    text(&o.stderr)
 }
 
 /// Debian's containerd 1.6, orcad on it, the local registry with busybox,

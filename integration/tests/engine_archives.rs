@@ -10,23 +10,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use orca_integration::engine_support::{orcad_with_busybox, text, Orcad};
-use orca_integration::{assert_success, Containerd, Registry};
+use orca_integration::assert_success;
+use orca_integration::engine_support::{orcad_with_busybox, stderr, stdout, Orcad};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
-
-fn stdout(o: &Output) -> String {
-    text(&o.stdout)
-}
-
-fn stderr(o: &Output) -> String {
-    text(&o.stderr)
-}
-
-fn setup() -> (Containerd, Orcad, Registry, String) {
-    orcad_with_busybox(T)
-}
 
 /// `sh -c SCRIPT` with the docker CLI aimed at `o` (for pipes).
 fn sh(o: &Orcad, script: &str) -> Output {
@@ -46,7 +34,7 @@ fn image_ids(o: &Orcad) -> Vec<String> {
 
 #[test]
 fn export_then_import_runs_the_files() {
-    let (_c, o, _reg, image) = setup();
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
     let name = "exported";
     ok(
         &o,
@@ -202,7 +190,7 @@ fn legacy_archive(src: &Path, dst: &Path) {
 
 #[test]
 fn save_rmi_load_and_run() {
-    let (_c, o, _reg, image) = setup();
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
     let dir = tempfile::tempdir().unwrap();
     let tarball = dir.path().join("img.tar");
     let tar_s = tarball.to_str().unwrap();
@@ -276,7 +264,7 @@ fn save_rmi_load_and_run() {
 
 #[test]
 fn cp_in_and_out_stays_inside_the_container() {
-    let (_c, o, _reg, image) = setup();
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
     let dir = tempfile::tempdir().unwrap();
     let host_in = dir.path().join("in.txt");
     fs::write(&host_in, "from-host\n").unwrap();
@@ -430,7 +418,7 @@ fn evil_tar() -> Vec<u8> {
 
 #[test]
 fn container_prune_removes_only_stopped() {
-    let (_c, o, _reg, image) = setup();
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
     let a = ok(&o, &["create", &image, "true"]).trim().to_string();
     let b = ok(&o, &["run", "-d", &image, "true"]).trim().to_string();
     let live = ok(&o, &["run", "-d", &image, "sleep", "1000"])
@@ -448,7 +436,7 @@ fn container_prune_removes_only_stopped() {
 
 #[test]
 fn image_prune_system_df_and_system_prune() {
-    let (_c, o, _reg, image) = setup();
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
     // Importing the same tag twice leaves the first image dangling.
     let mk = |n: &str| {
         let out = sh(

@@ -3,54 +3,18 @@
 //! OCI spec, image tag/rmi/inspect/history, and restart/pause/rename/top/
 //! stats.
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use orca_integration::engine_support::{orcad_with_busybox, text, Orcad, DOCKER_CLI};
-use orca_integration::{
-    assert_success, require_tool, unique_name, wait_until, Containerd, Registry,
-};
+use orca_integration::engine_support::{orcad_with_busybox, stderr, stdout, Orcad, DOCKER_CLI};
+use orca_integration::{assert_success, require_tool, unique_name, wait_until};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
 
-fn stdout(o: &Output) -> String {
-    text(&o.stdout)
-}
-
-fn stderr(o: &Output) -> String {
-    text(&o.stderr)
-}
-
-fn setup() -> (Containerd, Orcad, Registry, String) {
-    orcad_with_busybox(T)
-}
-
 /// `sh -c SCRIPT` with the docker CLI aimed at `o` (for pipes).
 fn sh(o: &Orcad, script: &str) -> Output {
     o.docker_sh(script, T)
-}
-
-/// `docker ARGS…` with `input` on its stdin.
-fn docker_with_stdin(o: &Orcad, args: &[&str], input: &[u8]) -> Output {
-    let mut c = o.docker_cmd();
-    c.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawn docker");
-    {
-        let mut si = child.stdin.take().unwrap();
-        si.write_all(input).unwrap();
-    }
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    rx.recv_timeout(T)
-        .unwrap_or_else(|_| panic!("docker {args:?} timed out\n{}", o.log()))
-        .expect("docker output")
 }
 
 fn run_detached(o: &Orcad, image: &str, extra: &[&str]) -> String {
@@ -70,7 +34,7 @@ fn json_of(o: &Orcad, method: &str, path: &str) -> (u16, Value) {
 
 #[test]
 fn docker_exec_env_workdir_user_and_exit_codes() {
-    let (_c, o, _reg, image) = setup();
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
     let id = run_detached(&o, &image, &[]);
 
     let out = o.docker(&["exec", &id, "echo", "hi"], T);
@@ -108,7 +72,7 @@ fn docker_exec_env_workdir_user_and_exit_codes() {
     );
 
     // stdin without a TTY.
-    let out = docker_with_stdin(&o, &["exec", "-i", &id, "cat"], b"abc\n");
+    let out = o.docker_with_stdin(&["exec", "-i", &id, "cat"], b"abc\n", T);
     assert_success(&out, "docker exec -i cat");
     assert_eq!(stdout(&out), "abc\n");
 
@@ -216,7 +180,7 @@ fn docker_exec_env_workdir_user_and_exit_codes() {
 #[test]
 fn docker_stdin_and_tty() {
     require_tool("script");
-    let (_c, o, _reg, image) = setup();
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
 
     // run -i: the client's stdin reaches the container; its end closes it.
     let out = sh(
@@ -225,10 +189,10 @@ fn docker_stdin_and_tty() {
     );
     assert_success(&out, "echo hello | docker run -i --rm cat");
     assert_eq!(stdout(&out), "hello\n", "stderr: {}", stderr(&out));
-    let out = docker_with_stdin(
-        &o,
+    let out = o.docker_with_stdin(
         &["run", "-i", "--rm", &image, "sh", "-c", "wc -l; exit 9"],
         b"a\nb\nc\n",
+        T,
     );
     assert_eq!(out.status.code(), Some(9), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "3");
@@ -304,7 +268,7 @@ fn docker_stdin_and_tty() {
 
 #[test]
 fn docker_run_resources_security_and_mounts() {
-    let (_c, o, _reg, image) = setup();
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
     let run = |extra: &[&str], cmd: &str| -> Output {
         let mut args = vec!["run", "--rm"];
         args.extend_from_slice(extra);
@@ -551,10 +515,8 @@ fn docker_run_resources_security_and_mounts() {
     assert!(String::from_utf8_lossy(&msg).contains("is not an ip address"));
 
     // Not implemented yet: 501 errors, never a silent success.
-    for extra in [
-        &["--device", "/dev/null:/dev/xnull"][..],
-        &["--security-opt", "apparmor=myprofile"],
-    ] {
+    // (--device is implemented now: integration/tests/engine_devices.rs.)
+    for extra in [&["--security-opt", "apparmor=myprofile"][..]] {
         let out = run(extra, "true");
         assert!(!out.status.success(), "{extra:?} succeeded");
         assert!(
@@ -603,7 +565,7 @@ fn docker_run_resources_security_and_mounts() {
 
 #[test]
 fn docker_image_tag_rmi_inspect_history() {
-    let (_c, o, _reg, image) = setup();
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
     let id = {
         let out = o.docker(&["image", "inspect", "--format", "{{.Id}}", &image], T);
         assert_success(&out, "docker image inspect --format");
@@ -721,7 +683,7 @@ fn docker_image_tag_rmi_inspect_history() {
 
 #[test]
 fn docker_restart_pause_rename_top_stats() {
-    let (_c, o, _reg, image) = setup();
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
     let name = unique_name("orca-ops");
     let id = run_detached(
         &o,

@@ -7,24 +7,18 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use orca_integration::engine_support::{http_unix, run_with_limit, DOCKER_CLI};
+use orca_integration::engine_support::{http_unix, run_with_limit, text, Orcad, DOCKER_CLI};
 use orca_integration::{
     bin_path, cgroup_leftovers, require_root, require_tool, unique_name, wait_until, Containerd,
     Registry,
 };
 use serde_json::Value;
-use tempfile::TempDir;
 
 const T: Duration = Duration::from_secs(120);
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn out(o: &Output) -> String {
     text(&o.stdout)
@@ -40,192 +34,44 @@ fn unix_now() -> String {
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
-static N: AtomicUsize = AtomicUsize::new(0);
-
-/// An orcad that can be stopped and started again on the same data-root,
-/// exec-root and socket (a live-restore restart), with any flags.
-struct Daemon {
-    dir: TempDir,
-    child: Option<Child>,
-    args: Vec<String>,
-    cgroup_parent: String,
-}
-
-impl Daemon {
-    /// orcad with its dirs under a temp dir; `containerd`: `--containerd`
-    /// (None: orcad manages its own orca-supervisor).
-    #[track_caller]
-    fn start(containerd: Option<&Path>, extra: &[&str]) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("orca-lc-")
-            .tempdir()
-            .expect("temp dir");
-        let t = dir.path();
-        let cgroup_parent = format!(
-            "/orca-lc-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut args: Vec<String> = Vec::new();
-        if let Some(c) = containerd {
-            args.push("--containerd".into());
-            args.push(c.display().to_string());
-        }
-        for a in [
-            "--data-root".to_string(),
-            t.join("data").display().to_string(),
-            "--exec-root".into(),
-            t.join("exec").display().to_string(),
-            "-H".into(),
-            format!("unix://{}", t.join("orca.sock").display()),
-            "--log-level".into(),
-            "info,orca_engine=debug".into(),
-            "--cgroup-parent".into(),
-            cgroup_parent.clone(),
-        ] {
-            args.push(a);
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        // Own iptables chains and address pool; --bridge none.
-        args.extend(orca_integration::engine_support::net_args(extra));
-        let mut d = Daemon {
-            dir,
-            child: None,
-            args,
-            cgroup_parent,
-        };
-        d.spawn();
-        d
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.path("orca.sock")
-    }
-
-    #[track_caller]
-    fn spawn(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("orcad.log"))
-            .unwrap();
-        let log2 = log.try_clone().unwrap();
-        let child = Command::new(bin_path("orcad"))
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .expect("start orcad");
-        self.child = Some(child);
-        let mut exited = false;
-        let ready = wait_until(Duration::from_secs(40), || {
-            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                exited = true;
-                return true;
-            }
-            matches!(
-                http_unix(&self.socket(), "GET", "/_ping", None),
-                Ok((200, _))
-            )
-        });
-        assert!(
-            ready && !exited,
-            "orcad did not come up (exited: {exited}); log:\n{}",
-            self.log()
-        );
-    }
-
-    /// SIGTERM and wait (≤ `grace`); returns whether it exited by itself.
-    fn stop(&mut self, grace: Duration) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return true;
-        };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(c.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let ok = wait_until(grace, || matches!(c.try_wait(), Ok(Some(_))));
-        if !ok {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        ok
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.path("orcad.log")).unwrap_or_default()
-    }
-
-    fn docker_cmd(&self) -> Command {
-        let mut c = Command::new(DOCKER_CLI);
-        let cfg = self.path("docker-config");
-        let _ = fs::create_dir_all(&cfg);
-        c.env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
-            .env("DOCKER_CONFIG", &cfg)
-            .env_remove("DOCKER_CONTEXT")
-            .env_remove("DOCKER_API_VERSION")
-            .stdin(Stdio::null());
-        c
-    }
-
-    #[track_caller]
-    fn docker(&self, args: &[&str]) -> Output {
-        let mut c = self.docker_cmd();
-        c.args(args);
-        run_with_limit(&mut c, T)
-            .unwrap_or_else(|e| panic!("docker {args:?}: {e}\n--- orcad log ---\n{}", self.log()))
-    }
-
-    #[track_caller]
-    fn docker_ok(&self, args: &[&str]) -> String {
-        let o = self.docker(args);
-        if !o.status.success() {
-            panic!(
-                "docker {args:?} failed: {}\n{}\n--- orcad log (tail) ---\n{}",
-                out(&o),
-                err(&o),
-                tail(&self.log(), 60)
-            );
-        }
-        out(&o)
-    }
-
-    fn inspect(&self, name: &str) -> Value {
-        let s = self.docker_ok(&["inspect", name]);
-        serde_json::from_str::<Value>(&s).unwrap()[0].clone()
-    }
-}
-
 use orca_integration::util::tail_lines as tail;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- orcad log ---\n{}", tail(&self.log(), 200));
-        }
-        self.stop(Duration::from_secs(20));
-        // A supervisor orcad left running (live-restore) goes too.
-        if let Some(pid) = fs::read_to_string(self.path("exec/supervisor/supervisor.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            wait_until(Duration::from_secs(10), || {
-                !Path::new(&format!("/proc/{pid}")).exists()
-            });
-        }
-        for p in cgroup_leftovers(&self.cgroup_parent) {
-            let _ = fs::remove_dir(p);
-        }
-    }
+/// `docker ARGS…` on `d` (time limit [`T`]).
+#[track_caller]
+fn docker(d: &Orcad, args: &[&str]) -> Output {
+    d.docker(args, T)
+}
+
+/// `docker ARGS…` on `d` that must succeed; its stdout.
+#[track_caller]
+fn docker_ok(d: &Orcad, args: &[&str]) -> String {
+    d.docker_ok(args, T)
+}
+
+/// `docker run FLAGS… IMAGE sh -c SCRIPT` on `d`.
+#[track_caller]
+fn run_sh(d: &Orcad, flags: &[&str], image: &str, script: &str) -> Output {
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[image, "sh", "-c", script]);
+    docker(d, &args)
+}
+
+/// [`run_sh`] that must succeed; its stdout.
+#[track_caller]
+fn run_sh_ok(d: &Orcad, flags: &[&str], image: &str, script: &str) -> String {
+    let o = run_sh(d, flags, image, script);
+    orca_integration::assert_success(
+        &o,
+        &format!("docker run {flags:?} {image} sh -c {script:?}"),
+    );
+    out(&o)
+}
+
+/// `docker inspect NAME` on `d`.
+#[track_caller]
+fn inspect(d: &Orcad, name: &str) -> Value {
+    serde_json::from_str::<Value>(&docker_ok(d, &["inspect", name])).unwrap()[0].clone()
 }
 
 /// Events printed by `docker events --format '{{json .}}'`.
@@ -241,38 +87,31 @@ fn events_since_until_filters_and_streaming() {
     require_root();
     require_tool(DOCKER_CLI);
     let c = Containerd::start();
-    let d = Daemon::start(Some(&c.socket()), &[]);
+    let d = Orcad::start_with(&c.socket(), &[]);
     let (_reg, image) = Registry::with_busybox();
     let since = unix_now();
-    d.docker_ok(&["pull", &image]);
+    docker_ok(&d, &["pull", &image]);
     let a = unique_name("ev-a");
-    let o = d.docker(&[
-        "run",
-        "--name",
-        &a,
-        "--label",
-        "team=blue",
+    let o = run_sh(
+        &d,
+        &["--name", &a, "--label", "team=blue"],
         &image,
-        "sh",
-        "-c",
         "exit 3",
-    ]);
+    );
     assert_eq!(o.status.code(), Some(3), "{}", err(&o));
-    d.docker_ok(&["tag", &image, "orca-ev-tag:v1"]);
-    d.docker_ok(&["rmi", "orca-ev-tag:v1"]);
-    d.docker_ok(&["rm", &a]);
+    docker_ok(&d, &["tag", &image, "orca-ev-tag:v1"]);
+    docker_ok(&d, &["rmi", "orca-ev-tag:v1"]);
+    docker_ok(&d, &["rm", &a]);
     let until = unix_now();
+    // `docker events --since SINCE --until UNTIL MORE…`.
+    let window = |more: &[&str]| -> String {
+        let mut args = vec!["events", "--since", &since, "--until", &until];
+        args.extend_from_slice(more);
+        docker_ok(&d, &args)
+    };
 
     // The window, replayed from the buffer; the stream ends at `until`.
-    let s = d.docker_ok(&[
-        "events",
-        "--since",
-        &since,
-        "--until",
-        &until,
-        "--format",
-        "{{json .}}",
-    ]);
+    let s = window(&["--format", "{{json .}}"]);
     let evs = parse_events(&s);
     let actions: Vec<(String, String)> = evs
         .iter()
@@ -323,12 +162,7 @@ fn events_since_until_filters_and_streaming() {
     assert_eq!(pull["id"], image.as_str(), "{pull}");
 
     // Filters.
-    let s = d.docker_ok(&[
-        "events",
-        "--since",
-        &since,
-        "--until",
-        &until,
+    let s = window(&[
         "--filter",
         "type=image",
         "--format",
@@ -336,12 +170,7 @@ fn events_since_until_filters_and_streaming() {
     ]);
     assert!(s.lines().all(|l| l.starts_with("image ")), "{s}");
     assert!(s.contains("image pull"), "{s}");
-    let s = d.docker_ok(&[
-        "events",
-        "--since",
-        &since,
-        "--until",
-        &until,
+    let s = window(&[
         "--filter",
         "event=die",
         "--filter",
@@ -350,15 +179,7 @@ fn events_since_until_filters_and_streaming() {
         "{{.Action}} {{.Actor.Attributes.name}}",
     ]);
     assert_eq!(s.trim(), format!("die {a}"), "{s}");
-    let s = d.docker_ok(&[
-        "events",
-        "--since",
-        &since,
-        "--until",
-        &until,
-        "--filter",
-        "label=team=red",
-    ]);
+    let s = window(&["--filter", "label=team=red"]);
     assert!(s.trim().is_empty(), "{s}");
     // since after until: 400 with dockerd's message.
     let (code, body) = http_unix(
@@ -407,10 +228,10 @@ fn events_since_until_filters_and_streaming() {
     });
     // Another container's events must not show up.
     let other = unique_name("ev-other");
-    d.docker_ok(&["run", "--rm", "--name", &other, &image, "true"]);
-    d.docker_ok(&["run", "-d", "--name", &b, &image, "sleep", "100"]);
-    d.docker_ok(&["stop", "-t", "1", &b]);
-    d.docker_ok(&["rm", &b]);
+    docker_ok(&d, &["run", "--rm", "--name", &other, &image, "true"]);
+    docker_ok(&d, &["run", "-d", "--name", &b, &image, "sleep", "100"]);
+    docker_ok(&d, &["stop", "-t", "1", &b]);
+    docker_ok(&d, &["rm", &b]);
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -457,169 +278,149 @@ fn restart_policies() {
     require_root();
     require_tool(DOCKER_CLI);
     let c = Containerd::start();
-    let d = Daemon::start(Some(&c.socket()), &[]);
+    let d = Orcad::start_with(&c.socket(), &[]);
     let (_reg, image) = Registry::with_busybox();
-    d.docker_ok(&["pull", &image]);
+    docker_ok(&d, &["pull", &image]);
 
     // on-failure:2 with exit 1: two restarts, then exited.
     let f = unique_name("rp-fail");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &f,
-        "--restart",
-        "on-failure:2",
+    run_sh_ok(
+        &d,
+        &["-d", "--name", &f, "--restart", "on-failure:2"],
         &image,
-        "sh",
-        "-c",
         "echo run; exit 1",
-    ]);
+    );
     let ok = wait_until(Duration::from_secs(30), || {
-        let v = d.inspect(&f);
+        let v = inspect(&d, &f);
         v["State"]["Status"] == "exited" && v["RestartCount"] == 2
     });
-    let v = d.inspect(&f);
+    let v = inspect(&d, &f);
     assert!(ok, "state: {} restarts: {}", v["State"], v["RestartCount"]);
     assert_eq!(v["State"]["ExitCode"], 1);
     assert_eq!(v["HostConfig"]["RestartPolicy"]["Name"], "on-failure");
     assert_eq!(v["HostConfig"]["RestartPolicy"]["MaximumRetryCount"], 2);
     // Stays exited.
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(d.inspect(&f)["RestartCount"], 2);
-    assert_eq!(d.docker_ok(&["logs", &f]), "run\nrun\nrun\n");
+    assert_eq!(inspect(&d, &f)["RestartCount"], 2);
+    assert_eq!(docker_ok(&d, &["logs", &f]), "run\nrun\nrun\n");
     // A manual start resets the count (and the policy runs again).
-    d.docker_ok(&["start", &f]);
+    docker_ok(&d, &["start", &f]);
     let ok = wait_until(Duration::from_secs(30), || {
-        let v = d.inspect(&f);
+        let v = inspect(&d, &f);
         v["State"]["Status"] == "exited" && v["RestartCount"] == 2
     });
-    assert!(ok, "{}", d.inspect(&f)["State"]);
-    assert_eq!(d.docker_ok(&["logs", &f]).lines().count(), 6);
+    assert!(ok, "{}", inspect(&d, &f)["State"]);
+    assert_eq!(docker_ok(&d, &["logs", &f]).lines().count(), 6);
 
     // on-failure does not restart a success.
     let s = unique_name("rp-ok");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &s,
-        "--restart",
-        "on-failure",
-        &image,
-        "true",
-    ]);
-    assert!(wait_until(Duration::from_secs(10), || d.inspect(&s)
+    docker_ok(
+        &d,
+        &[
+            "run",
+            "-d",
+            "--name",
+            &s,
+            "--restart",
+            "on-failure",
+            &image,
+            "true",
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(10), || inspect(&d, &s)
         ["State"]["Status"]
         == "exited"));
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(d.inspect(&s)["RestartCount"], 0);
+    assert_eq!(inspect(&d, &s)["RestartCount"], 0);
 
     // always: restarted after every exit, even a success; stop ends it.
     let a = unique_name("rp-always");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &a,
-        "--restart",
-        "always",
+    run_sh_ok(
+        &d,
+        &["-d", "--name", &a, "--restart", "always"],
         &image,
-        "sh",
-        "-c",
         "echo up; sleep 0.3",
-    ]);
+    );
     let ok = wait_until(Duration::from_secs(30), || {
-        d.inspect(&a)["RestartCount"].as_u64().unwrap_or(0) >= 2
+        inspect(&d, &a)["RestartCount"].as_u64().unwrap_or(0) >= 2
     });
-    assert!(ok, "always did not restart: {}", d.inspect(&a));
-    d.docker_ok(&["stop", "-t", "2", &a]);
-    let v = d.inspect(&a);
+    assert!(ok, "always did not restart: {}", inspect(&d, &a));
+    docker_ok(&d, &["stop", "-t", "2", &a]);
+    let v = inspect(&d, &a);
     assert_eq!(v["State"]["Status"], "exited", "{}", v["State"]);
     assert_eq!(v["State"]["Running"], false);
     let count = v["RestartCount"].clone();
     std::thread::sleep(Duration::from_secs(2));
-    let v = d.inspect(&a);
+    let v = inspect(&d, &a);
     assert_eq!(
         v["State"]["Status"], "exited",
         "restarted after docker stop: {}",
         v["State"]
     );
     assert_eq!(v["RestartCount"], count);
-    let l = d.docker_ok(&["logs", &a]);
+    let l = docker_ok(&d, &["logs", &a]);
     // RestartCount counts scheduled restarts (dockerd's too): a stop during
     // the backoff cancels the last one.
     assert!(
         l.matches("up").count() >= 2,
         "{l:?} {}",
-        d.inspect(&a)["State"]
+        inspect(&d, &a)["State"]
     );
 
     // unless-stopped: restarts, kill stops it for good.
     let u = unique_name("rp-unless");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &u,
-        "--restart",
-        "unless-stopped",
+    run_sh_ok(
+        &d,
+        &["-d", "--name", &u, "--restart", "unless-stopped"],
         &image,
-        "sh",
-        "-c",
         "sleep 0.2",
-    ]);
+    );
     assert!(wait_until(Duration::from_secs(30), || {
-        d.inspect(&u)["RestartCount"].as_u64().unwrap_or(0) >= 1
+        inspect(&d, &u)["RestartCount"].as_u64().unwrap_or(0) >= 1
     }));
     // Killed while running or while waiting for its restart: both end it.
-    let _ = d.docker(&["kill", &u]);
-    assert!(wait_until(Duration::from_secs(10), || d.inspect(&u)
+    let _ = docker(&d, &["kill", &u]);
+    assert!(wait_until(Duration::from_secs(10), || inspect(&d, &u)
         ["State"]["Status"]
         == "exited"));
-    let count = d.inspect(&u)["RestartCount"].clone();
+    let count = inspect(&d, &u)["RestartCount"].clone();
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(d.inspect(&u)["State"]["Status"], "exited");
-    assert_eq!(d.inspect(&u)["RestartCount"], count);
+    assert_eq!(inspect(&d, &u)["State"]["Status"], "exited");
+    assert_eq!(inspect(&d, &u)["RestartCount"], count);
 
     // dockerd's validation.
-    let (code, body) = http_unix(
-        &d.socket(),
-        "POST",
-        "/v1.44/containers/create",
-        Some(format!(r#"{{"Image":"{image}","Cmd":["true"],"HostConfig":{{"RestartPolicy":{{"Name":"sometimes"}}}}}}"#).as_bytes()),
-    )
-    .unwrap();
-    assert_eq!(code, 400, "{}", text(&body));
-    assert!(
-        text(&body).contains("invalid restart policy"),
-        "{}",
-        text(&body)
+    let body = create_rejected(&d, &image, r#"{"RestartPolicy":{"Name":"sometimes"}}"#);
+    assert!(body.contains("invalid restart policy"), "{body}");
+    let body = create_rejected(
+        &d,
+        &image,
+        r#"{"RestartPolicy":{"Name":"always","MaximumRetryCount":3}}"#,
     );
-    let (code, body) = http_unix(
-        &d.socket(),
-        "POST",
-        "/v1.44/containers/create",
-        Some(format!(r#"{{"Image":"{image}","Cmd":["true"],"HostConfig":{{"RestartPolicy":{{"Name":"always","MaximumRetryCount":3}}}}}}"#).as_bytes()),
-    )
-    .unwrap();
-    assert_eq!(code, 400, "{}", text(&body));
     assert!(
-        text(&body).contains("can only be used with 'on-failure'"),
-        "{}",
-        text(&body)
+        body.contains("can only be used with 'on-failure'"),
+        "{body}"
     );
-    let (code, body) = http_unix(
-        &d.socket(),
-        "POST",
-        "/v1.44/containers/create",
-        Some(format!(r#"{{"Image":"{image}","Cmd":["true"],"HostConfig":{{"AutoRemove":true,"RestartPolicy":{{"Name":"always"}}}}}}"#).as_bytes()),
-    )
-    .unwrap();
-    assert_eq!(code, 400, "{}", text(&body));
+    create_rejected(
+        &d,
+        &image,
+        r#"{"AutoRemove":true,"RestartPolicy":{"Name":"always"}}"#,
+    );
     for n in [&f, &s, &a, &u] {
-        d.docker_ok(&["rm", "-f", n]);
+        docker_ok(&d, &["rm", "-f", n]);
     }
+}
+
+/// `POST /containers/create` of `image` running `true` with `host_config`
+/// (JSON), which orcad must refuse with 400; returns the error body.
+#[track_caller]
+fn create_rejected(d: &Orcad, image: &str, host_config: &str) -> String {
+    let req = format!(r#"{{"Image":"{image}","Cmd":["true"],"HostConfig":{host_config}}}"#);
+    let (code, body) = d
+        .http("POST", "/v1.44/containers/create", Some(req.as_bytes()))
+        .unwrap();
+    let body = text(&body);
+    assert_eq!(code, 400, "{body}");
+    body
 }
 
 /// The integers of `docker logs` output, in order.
@@ -652,22 +453,19 @@ fn json_file_log_rotation() {
         r#"{"log-driver": "json-file", "log-opts": {"max-size": "1k", "max-file": "3"}}"#,
     )
     .unwrap();
-    let d = Daemon::start(Some(&c.socket()), &["--config-file", cfg.to_str().unwrap()]);
+    let d = Orcad::start_with(&c.socket(), &["--config-file", cfg.to_str().unwrap()]);
     let (_reg, image) = Registry::with_busybox();
-    d.docker_ok(&["pull", &image]);
+    docker_ok(&d, &["pull", &image]);
 
     // Inherits max-size=1k, max-file=3.
     let a = unique_name("lr-a");
-    d.docker_ok(&[
-        "run",
-        "--name",
-        &a,
+    run_sh_ok(
+        &d,
+        &["--name", &a],
         &image,
-        "sh",
-        "-c",
         "i=0; while [ $i -lt 300 ]; do echo $i; i=$((i+1)); done",
-    ]);
-    let v = d.inspect(&a);
+    );
+    let v = inspect(&d, &a);
     assert_eq!(v["HostConfig"]["LogConfig"]["Type"], "json-file");
     assert_eq!(
         v["HostConfig"]["LogConfig"]["Config"]["max-size"], "1k",
@@ -691,70 +489,69 @@ fn json_file_log_rotation() {
     }
     // docker logs reads the rotated files oldest first: the newest lines,
     // consecutive, ending with the last one.
-    let s = d.docker_ok(&["logs", &a]);
+    let s = docker_ok(&d, &["logs", &a]);
     let nums = numbers(&s);
     assert!(nums.len() > 20 && nums.len() < 300, "{} lines", nums.len());
     assert_eq!(*nums.last().unwrap(), 299);
     assert_consecutive(&nums, "logs across rotated files");
     // --tail across files.
-    let s = d.docker_ok(&["logs", "--tail", "30", &a]);
+    let s = docker_ok(&d, &["logs", "--tail", "30", &a]);
     assert_eq!(numbers(&s), (270..300).collect::<Vec<_>>());
 
     // Per-container options override the daemon's; max-file 1 truncates.
     let b = unique_name("lr-b");
-    d.docker_ok(&[
-        "run",
-        "--name",
-        &b,
-        "--log-opt",
-        "max-size=2k",
-        "--log-opt",
-        "max-file=1",
+    run_sh_ok(
+        &d,
+        &[
+            "--name",
+            &b,
+            "--log-opt",
+            "max-size=2k",
+            "--log-opt",
+            "max-file=1",
+        ],
         &image,
-        "sh",
-        "-c",
         "i=0; while [ $i -lt 300 ]; do echo $i; i=$((i+1)); done",
-    ]);
-    let v = d.inspect(&b);
+    );
+    let v = inspect(&d, &b);
     assert_eq!(v["HostConfig"]["LogConfig"]["Config"]["max-size"], "2k");
     let log_b = PathBuf::from(v["LogPath"].as_str().unwrap());
     assert!(fs::metadata(&log_b).unwrap().len() < 2048 + 200);
     assert!(!PathBuf::from(format!("{}.1", log_b.display())).exists());
-    let nums = numbers(&d.docker_ok(&["logs", &b]));
+    let nums = numbers(&docker_ok(&d, &["logs", &b]));
     assert_eq!(*nums.last().unwrap(), 299);
     assert_consecutive(&nums, "truncated log");
 
     // logs -f follows through rotations without gaps or repeats.
     let f = unique_name("lr-f");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &f,
+    run_sh_ok(
+        &d,
+        &["-d", "--name", &f],
         &image,
-        "sh",
-        "-c",
         "i=0; while [ $i -lt 150 ]; do echo $i; i=$((i+1)); usleep 20000; done",
-    ]);
-    let s = d.docker_ok(&["logs", "-f", &f]);
+    );
+    let s = docker_ok(&d, &["logs", "-f", &f]);
     let nums = numbers(&s);
     assert_eq!(*nums.last().unwrap(), 149, "{s}");
     assert_consecutive(&nums, "logs -f across rotations");
     assert!(nums.len() >= 100, "follow saw {} lines", nums.len());
 
     // Bad options: dockerd's messages; unimplemented ones 501.
-    let o = d.docker(&["create", "--log-opt", "max-size=lots", &image, "true"]);
+    let o = docker(
+        &d,
+        &["create", "--log-opt", "max-size=lots", &image, "true"],
+    );
     assert!(!o.status.success());
     assert!(err(&o).contains("max-size"), "{}", err(&o));
-    let o = d.docker(&["create", "--log-opt", "bogus=1", &image, "true"]);
+    let o = docker(&d, &["create", "--log-opt", "bogus=1", &image, "true"]);
     assert!(err(&o).contains("unknown log opt 'bogus'"), "{}", err(&o));
-    let o = d.docker(&["create", "--log-opt", "max-file=0", &image, "true"]);
+    let o = docker(&d, &["create", "--log-opt", "max-file=0", &image, "true"]);
     assert!(
         err(&o).contains("max-file cannot be less than 1"),
         "{}",
         err(&o)
     );
-    let o = d.docker(&["create", "--log-driver", "syslog", &image, "true"]);
+    let o = docker(&d, &["create", "--log-driver", "syslog", &image, "true"]);
     assert!(
         err(&o).contains("not implemented in orcad yet"),
         "{}",
@@ -1031,71 +828,58 @@ fn live_restore_keeps_containers_and_reattaches() {
     require_root();
     require_tool(DOCKER_CLI);
     let c = Containerd::start();
-    let mut d = Daemon::start(Some(&c.socket()), &["--live-restore"]);
+    let mut d = Orcad::start_with(&c.socket(), &["--live-restore"]);
     let (_reg, image) = Registry::with_busybox();
-    d.docker_ok(&["pull", &image]);
-    let info = d.docker_ok(&["info", "--format", "{{.LiveRestoreEnabled}}"]);
+    docker_ok(&d, &["pull", &image]);
+    let info = docker_ok(&d, &["info", "--format", "{{.LiveRestoreEnabled}}"]);
     assert_eq!(info.trim(), "true");
     const COUNT: usize = 20;
     let mut names = Vec::new();
     let counter = unique_name("lv-counter");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &counter,
+    run_sh_ok(
+        &d,
+        &["-d", "--name", &counter],
         &image,
-        "sh",
-        "-c",
         "i=0; while true; do echo $i; i=$((i+1)); usleep 10000; done",
-    ]);
+    );
     names.push(counter.clone());
     // Exits (code 7) when /tmp/go appears, which the test creates while
     // orcad is down.
     let exiter = unique_name("lv-exit");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &exiter,
+    run_sh_ok(
+        &d,
+        &["-d", "--name", &exiter],
         &image,
-        "sh",
-        "-c",
         "echo waiting; while [ ! -e /tmp/go ]; do usleep 20000; done; echo bye; exit 7",
-    ]);
+    );
     names.push(exiter.clone());
     // Takes stdin (attach after the restart).
     let cat = unique_name("lv-cat");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "-i",
-        "--name",
-        &cat,
+    run_sh_ok(
+        &d,
+        &["-d", "-i", "--name", &cat],
         &image,
-        "sh",
-        "-c",
         "while read l; do echo got:$l; done",
-    ]);
+    );
     names.push(cat.clone());
     while names.len() < COUNT {
         let n = unique_name("lv-sleep");
-        d.docker_ok(&["run", "-d", "--name", &n, &image, "sleep", "1000"]);
+        docker_ok(&d, &["run", "-d", "--name", &n, &image, "sleep", "1000"]);
         names.push(n);
     }
     let pids: Vec<(String, i64)> = names
         .iter()
-        .map(|n| (n.clone(), d.inspect(n)["State"]["Pid"].as_i64().unwrap()))
+        .map(|n| (n.clone(), inspect(&d, n)["State"]["Pid"].as_i64().unwrap()))
         .collect();
     assert!(pids.iter().all(|(_, p)| *p > 0), "{pids:?}");
     std::thread::sleep(Duration::from_millis(300));
-    let before = numbers(&d.docker_ok(&["logs", &counter]));
+    let before = numbers(&docker_ok(&d, &["logs", &counter]));
     assert!(!before.is_empty());
 
     // Stop orcad: every container keeps running.
     let t0 = Instant::now();
     assert!(
-        d.stop(Duration::from_secs(20)),
+        d.stop_within(Duration::from_secs(20)),
         "orcad did not exit on SIGTERM"
     );
     for (n, p) in &pids {
@@ -1111,12 +895,12 @@ fn live_restore_keeps_containers_and_reattaches() {
         !Path::new(&format!("/proc/{exiter_pid}")).exists()
     }));
     std::thread::sleep(Duration::from_millis(500));
-    d.spawn();
+    d.start_again(&[]);
     let downtime = t0.elapsed();
 
     // State: 19 running (same pids), the exiter exited 7 with its output.
     for (n, p) in &pids[..] {
-        let v = d.inspect(n);
+        let v = inspect(&d, n);
         if n == &exiter {
             assert_eq!(v["State"]["Status"], "exited", "{n}: {}", v["State"]);
             assert_eq!(v["State"]["ExitCode"], 7);
@@ -1125,17 +909,17 @@ fn live_restore_keeps_containers_and_reattaches() {
             assert_eq!(v["State"]["Pid"].as_i64(), Some(*p), "{n}");
         }
     }
-    assert_eq!(d.docker_ok(&["wait", &exiter]).trim(), "7");
+    assert_eq!(docker_ok(&d, &["wait", &exiter]).trim(), "7");
     // What it printed before orcad stopped is there; its last words, written
     // while no orcad read the FIFO, went with the shim's FIFO ends when it
     // exited (as with dockerd on the same shim).
-    assert!(d.docker_ok(&["logs", &exiter]).starts_with("waiting\n"));
-    let ps = d.docker_ok(&["ps", "-q"]);
+    assert!(docker_ok(&d, &["logs", &exiter]).starts_with("waiting\n"));
+    let ps = docker_ok(&d, &["ps", "-q"]);
     assert_eq!(ps.lines().count(), COUNT - 1, "{ps}");
 
     // Logs keep flowing with no gap across the restart.
     std::thread::sleep(Duration::from_secs(1));
-    let after = numbers(&d.docker_ok(&["logs", &counter]));
+    let after = numbers(&docker_ok(&d, &["logs", &counter]));
     assert_consecutive(&after, "counter across the orcad restart");
     assert_eq!(after[0], 0);
     let expect_min = *before.last().unwrap() + (downtime.as_millis() as u64 / 40);
@@ -1147,10 +931,13 @@ fn live_restore_keeps_containers_and_reattaches() {
     );
 
     // exec, stats, attach with stdin, wait on the reattached containers.
-    assert_eq!(d.docker_ok(&["exec", &counter, "echo", "hi"]), "hi\n");
+    assert_eq!(docker_ok(&d, &["exec", &counter, "echo", "hi"]), "hi\n");
     let cg_v1 = Path::new("/sys/fs/cgroup/memory").exists();
     if cg_v1 {
-        let s = d.docker_ok(&["stats", "--no-stream", "--format", "{{.Name}}", &counter]);
+        let s = docker_ok(
+            &d,
+            &["stats", "--no-stream", "--format", "{{.Name}}", &counter],
+        );
         assert_eq!(s.trim(), counter);
     }
     let mut att = d
@@ -1171,17 +958,17 @@ fn live_restore_keeps_containers_and_reattaches() {
         drop(sin);
     }
     let ok = wait_until(Duration::from_secs(10), || {
-        d.docker_ok(&["logs", &cat]).contains("got:after-restart")
+        docker_ok(&d, &["logs", &cat]).contains("got:after-restart")
     });
     let _ = att.kill();
     let _ = att.wait();
     assert!(
         ok,
         "stdin after the restart: {:?}",
-        d.docker_ok(&["logs", &cat])
+        docker_ok(&d, &["logs", &cat])
     );
-    d.docker_ok(&["kill", &counter]);
-    assert_eq!(d.docker_ok(&["wait", &counter]).trim(), "137");
+    docker_ok(&d, &["kill", &counter]);
+    assert_eq!(docker_ok(&d, &["wait", &counter]).trim(), "137");
     // Live-restore left them running; the containerd fixture's drop kills
     // the rest.
     drop(d);
@@ -1194,9 +981,9 @@ fn docker_compose_up_ps_logs_down() {
     require_tool(DOCKER_CLI);
     let compose = require_tool("docker-compose");
     let c = Containerd::start();
-    let d = Daemon::start(Some(&c.socket()), &[]);
+    let d = Orcad::start_with(&c.socket(), &[]);
     let (_reg, image) = Registry::with_busybox();
-    d.docker_ok(&["pull", &image]);
+    docker_ok(&d, &["pull", &image]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("docker-compose.yml");
     fs::write(
@@ -1218,14 +1005,10 @@ services:
     .unwrap();
     let project = format!("orcalc{}", std::process::id());
     let run = |args: &[&str]| -> Output {
-        let mut cmd = Command::new(&compose);
-        cmd.env("DOCKER_HOST", format!("unix://{}", d.socket().display()))
-            .env("DOCKER_CONFIG", d.path("docker-config"))
-            .env_remove("DOCKER_CONTEXT")
-            .current_dir(dir.path())
+        let mut cmd = d.client_cmd(&compose);
+        cmd.current_dir(dir.path())
             .args(["-p", &project, "-f", file.to_str().unwrap()])
-            .args(args)
-            .stdin(Stdio::null());
+            .args(args);
         run_with_limit(&mut cmd, T).unwrap()
     };
     let ok = |args: &[&str]| -> String {
@@ -1255,12 +1038,12 @@ services:
     }));
     // Both containers are members with their service alias and an address
     // of the network (engine_network.rs checks connectivity).
-    let nets = d.docker_ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    let nets = docker_ok(&d, &["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
     assert!(
         nets.contains(&format!("{project}_default bridge")),
         "{nets}"
     );
-    let v = d.inspect(&web);
+    let v = inspect(&d, &web);
     let ep = &v["NetworkSettings"]["Networks"][format!("{project}_default")];
     assert!(
         ep["Aliases"].as_array().unwrap().iter().any(|a| a == "web"),
@@ -1277,32 +1060,40 @@ services:
         project.as_str()
     );
     assert_eq!(v["Config"]["Labels"]["tier"], "front");
-    let n: Value =
-        serde_json::from_str(&d.docker_ok(&["network", "inspect", &format!("{project}_default")]))
-            .unwrap();
+    let n: Value = serde_json::from_str(&docker_ok(
+        &d,
+        &["network", "inspect", &format!("{project}_default")],
+    ))
+    .unwrap();
     assert_eq!(n[0]["Containers"].as_object().unwrap().len(), 2, "{n}");
     assert_eq!(n[0]["Labels"]["com.docker.compose.network"], "default");
     // In use: 403.
-    let o = d.docker(&["network", "rm", &format!("{project}_default")]);
+    let o = docker(&d, &["network", "rm", &format!("{project}_default")]);
     assert!(!o.status.success());
     assert!(err(&o).contains("active endpoints"), "{}", err(&o));
     // Predefined names are refused; unsupported options are 501.
-    let o = d.docker(&["network", "create", "bridge"]);
+    let o = docker(&d, &["network", "create", "bridge"]);
     assert!(err(&o).contains("pre-defined"), "{}", err(&o));
     // IPv6 subnets are not implemented (IPv4 ones are: engine_network.rs).
-    let o = d.docker(&[
-        "network",
-        "create",
-        "--subnet",
-        "fd00:99::/64",
-        "orca-lc-subnet",
-    ]);
+    let o = docker(
+        &d,
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "fd00:99::/64",
+            "orca-lc-subnet",
+        ],
+    );
     assert!(
         err(&o).contains("not implemented in orcad yet"),
         "{}",
         err(&o)
     );
-    let o = d.docker(&["network", "create", "-d", "overlay", "orca-lc-overlay"]);
+    let o = docker(
+        &d,
+        &["network", "create", "-d", "overlay", "orca-lc-overlay"],
+    );
     assert!(
         err(&o).contains("not implemented in orcad yet"),
         "{}",
@@ -1314,8 +1105,8 @@ services:
         s.contains(&format!("Removing network {project}_default")),
         "{s}"
     );
-    assert!(d.docker_ok(&["ps", "-aq"]).trim().is_empty());
-    let nets = d.docker_ok(&["network", "ls", "-q"]);
+    assert!(docker_ok(&d, &["ps", "-aq"]).trim().is_empty());
+    let nets = docker_ok(&d, &["network", "ls", "-q"]);
     assert!(nets.trim().is_empty(), "{nets}");
     if std::env::var_os("ORCA_DEBUG_DUMP").is_some() {
         eprintln!("{}", d.log());
@@ -1329,21 +1120,17 @@ fn live_restore_with_the_managed_supervisor() {
     // No --containerd: orcad runs its own orca-supervisor and, with
     // live-restore, leaves it (and the containers) running at shutdown; the
     // next orcad reuses it.
-    let mut d = Daemon::start(None, &["--live-restore"]);
+    let mut d = Orcad::start_managed(&["--live-restore"]);
     let (_reg, image) = Registry::with_busybox();
-    d.docker_ok(&["pull", &image]);
+    docker_ok(&d, &["pull", &image]);
     let name = unique_name("lvs");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
+    run_sh_ok(
+        &d,
+        &["-d", "--name", &name],
         &image,
-        "sh",
-        "-c",
         "i=0; while true; do echo $i; i=$((i+1)); usleep 20000; done",
-    ]);
-    let pid = d.inspect(&name)["State"]["Pid"].as_i64().unwrap();
+    );
+    let pid = inspect(&d, &name)["State"]["Pid"].as_i64().unwrap();
     let sup_file = d.path("exec/supervisor/supervisor.pid");
     let sup_pid = || -> i32 {
         fs::read_to_string(&sup_file)
@@ -1353,7 +1140,7 @@ fn live_restore_with_the_managed_supervisor() {
             .unwrap()
     };
     let sup = sup_pid();
-    assert!(d.stop(Duration::from_secs(20)));
+    assert!(d.stop_within(Duration::from_secs(20)));
     assert!(
         Path::new(&format!("/proc/{sup}")).exists(),
         "supervisor stopped despite live-restore"
@@ -1363,15 +1150,15 @@ fn live_restore_with_the_managed_supervisor() {
         "container stopped despite live-restore"
     );
     std::thread::sleep(Duration::from_millis(300));
-    d.spawn();
+    d.start_again(&[]);
     assert_eq!(sup_pid(), sup, "a second supervisor was started");
     assert!(d.log().contains("reusing the running orca-supervisor"));
-    let v = d.inspect(&name);
+    let v = inspect(&d, &name);
     assert_eq!(v["State"]["Status"], "running");
     assert_eq!(v["State"]["Pid"].as_i64(), Some(pid));
     std::thread::sleep(Duration::from_millis(500));
-    let nums = numbers(&d.docker_ok(&["logs", &name]));
+    let nums = numbers(&docker_ok(&d, &["logs", &name]));
     assert_consecutive(&nums, "counter across the restart");
-    d.docker_ok(&["rm", "-f", &name]);
+    docker_ok(&d, &["rm", "-f", &name]);
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
 }

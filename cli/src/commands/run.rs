@@ -111,6 +111,80 @@ pub fn publish_specs(specs: &[String]) -> Result<(Map<String, Value>, Map<String
     Ok((bindings, exposed))
 }
 
+/// Docker's device permission check: 1–3 of `r`, `w`, `m`, none twice.
+fn valid_device_mode(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= 3
+        && m.chars().all(|c| "rwm".contains(c))
+        && m.chars()
+            .enumerate()
+            .all(|(i, c)| !m[i + c.len_utf8()..].contains(c))
+}
+
+/// `--device HOST[:CONTAINER][:PERMISSIONS]` as a HostConfig.Devices entry,
+/// checked and split like the docker CLI does.
+pub fn parse_device(d: &str) -> Result<Value> {
+    let bad = || {
+        usage(format!(
+            "invalid argument \"{d}\" for \"--device\" flag: bad format for path: {d}"
+        ))
+    };
+    if d.matches(':').count() > 2 {
+        return Err(bad());
+    }
+    let parts: Vec<&str> = d.split(':').collect();
+    if parts[0].is_empty() {
+        return Err(bad());
+    }
+    let (src, dst, perms) = match parts.as_slice() {
+        [s] => (*s, *s, "rwm"),
+        [s, m] if valid_device_mode(m) => (*s, *s, *m),
+        [s, c] => (*s, *c, "rwm"),
+        [s, c, m] => {
+            if !valid_device_mode(m) {
+                return Err(usage(format!(
+                    "invalid argument \"{d}\" for \"--device\" flag: bad mode specified: {m}"
+                )));
+            }
+            (*s, *c, *m)
+        }
+        _ => return Err(bad()),
+    };
+    if !dst.starts_with('/') {
+        return Err(usage(format!(
+            "invalid argument \"{d}\" for \"--device\" flag: {dst} is not an absolute path"
+        )));
+    }
+    Ok(json!({"PathOnHost": src, "PathInContainer": dst, "CgroupPermissions": perms}))
+}
+
+/// `--device-cgroup-rule "TYPE MAJOR:MINOR ACCESS"` (type a, b or c; `*`
+/// for any number; access 1–3 of r, w, m), as the docker CLI checks it.
+pub fn check_cgroup_rule(r: &str) -> Result<()> {
+    let bad = || {
+        usage(format!(
+            "invalid argument \"{r}\" for \"--device-cgroup-rule\" flag: invalid device cgroup format '{r}'"
+        ))
+    };
+    let parts: Vec<&str> = r.split(' ').collect();
+    let [t, nums, acc] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let num_ok = |s: &str| s == "*" || (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    let ok = ["a", "b", "c"].contains(t)
+        && nums
+            .split_once(':')
+            .is_some_and(|(ma, mi)| num_ok(ma) && num_ok(mi))
+        && !acc.is_empty()
+        && acc.len() <= 3
+        && acc.chars().all(|c| "rwm".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
 pub fn container_config(a: &RunArgs, lookup_env: &dyn Fn(&str) -> Option<String>) -> Result<Value> {
     if a.rm && a.restart.as_deref().is_some_and(|r| r != "no") {
         return Err(usage("Conflicting options: --restart and --rm".into()));
@@ -184,6 +258,23 @@ pub fn container_config(a: &RunArgs, lookup_env: &dyn Fn(&str) -> Option<String>
     }
     if !a.cap_drop.is_empty() {
         host["CapDrop"] = json!(a.cap_drop);
+    }
+    if !a.device.is_empty() {
+        let devs = a
+            .device
+            .iter()
+            .map(|d| parse_device(d))
+            .collect::<Result<Vec<_>>>()?;
+        host["Devices"] = json!(devs);
+    }
+    if !a.device_cgroup_rule.is_empty() {
+        for r in &a.device_cgroup_rule {
+            check_cgroup_rule(r)?;
+        }
+        host["DeviceCgroupRules"] = json!(a.device_cgroup_rule);
+    }
+    if !a.group_add.is_empty() {
+        host["GroupAdd"] = json!(a.group_add);
     }
     if let Some(m) = &a.memory {
         let bytes = parse_ram_bytes(m).map_err(|e| {
@@ -591,6 +682,45 @@ mod tests {
         assert!(e.contains_key("53/udp"));
         assert!(publish_specs(&["x:80".to_string()]).is_err());
         assert!(publish_specs(&["1:2:3:4".to_string()]).is_err());
+    }
+
+    #[test]
+    fn device_group_flags() {
+        let a = run_args(&[
+            "--device",
+            "/dev/null:/dev/mynull:rw",
+            "--device",
+            "/dev/zero:r",
+            "--device",
+            "/dev/full",
+            "--device-cgroup-rule",
+            "c 1:* rwm",
+            "--group-add",
+            "1234",
+            "--group-add",
+            "audio",
+            "busybox",
+        ]);
+        let v = container_config(&a, &|_| None).unwrap();
+        let h = &v["HostConfig"];
+        assert_eq!(
+            h["Devices"],
+            json!([
+                {"PathOnHost": "/dev/null", "PathInContainer": "/dev/mynull", "CgroupPermissions": "rw"},
+                {"PathOnHost": "/dev/zero", "PathInContainer": "/dev/zero", "CgroupPermissions": "r"},
+                {"PathOnHost": "/dev/full", "PathInContainer": "/dev/full", "CgroupPermissions": "rwm"},
+            ])
+        );
+        assert_eq!(h["DeviceCgroupRules"], json!(["c 1:* rwm"]));
+        assert_eq!(h["GroupAdd"], json!(["1234", "audio"]));
+        for bad in ["/dev/a:/b:rx", "/dev/a:rel", ":/b", "/a:/b:r:w"] {
+            assert!(parse_device(bad).is_err(), "{bad}");
+        }
+        assert!(!valid_device_mode("rr"));
+        for bad in ["x 1:2 r", "c 1:2", "c 1-2 r", "c 1:2 rwx", "c a:2 r"] {
+            assert!(check_cgroup_rule(bad).is_err(), "{bad}");
+        }
+        assert!(check_cgroup_rule("a *:* m").is_ok());
     }
 
     fn run_args(argv: &[&str]) -> RunArgs {

@@ -59,6 +59,9 @@ pub struct NetConfig {
     pub pools: Vec<ipam::Pool>,
     /// `--iptables-chain`: prefix of orcad's iptables chains.
     pub chain: String,
+    /// `--host-gateway-ip`: what `--add-host NAME:host-gateway` maps to
+    /// (else the default bridge's gateway).
+    pub host_gateway_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for NetConfig {
@@ -71,6 +74,7 @@ impl Default for NetConfig {
             ip: Ipv4Addr::UNSPECIFIED,
             pools: ipam::default_pools(),
             chain: "ORCA".into(),
+            host_gateway_ip: None,
         }
     }
 }
@@ -85,6 +89,7 @@ pub struct NetOptions {
     pub ip: Option<String>,
     pub pools: Option<Vec<String>>,
     pub chain: Option<String>,
+    pub host_gateway_ip: Option<String>,
 }
 
 impl NetOptions {
@@ -128,7 +133,19 @@ impl NetOptions {
                 "invalid iptables chain prefix {chain:?} (1-14 of [A-Za-z0-9_-])"
             ));
         }
+        let host_gateway_ip = match self
+            .host_gateway_ip
+            .clone()
+            .or(file.host_gateway_ip.clone())
+        {
+            None => None,
+            Some(s) => Some(
+                s.parse::<std::net::IpAddr>()
+                    .map_err(|_| format!("invalid --host-gateway-ip {s:?} (an IP address)"))?,
+            ),
+        };
         Ok(NetConfig {
+            host_gateway_ip,
             bridge,
             bip,
             iptables: self.iptables.or(file.iptables).unwrap_or(d.iptables),
