@@ -171,6 +171,10 @@ pub struct Endpoint {
     pub network_id: String,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Links on a user-defined network (`name[:alias]`, resolved by its
+    /// embedded DNS for this container only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
     /// The rest is set while the container runs (see `networks`).
     #[serde(default)]
     pub endpoint_id: String,
@@ -544,6 +548,25 @@ pub fn parse_signal(s: &str) -> Result<i32> {
         .map_err(|_| EngineError::BadRequest(format!("Invalid signal: {s}")))
 }
 
+/// The process environment (dockerd's `CreateDaemonEnvironment`): PATH,
+/// HOSTNAME, TERM with a TTY, the link variables, then the container's
+/// own variables over them.
+fn spec_env(rec: &Record, linked: &[String]) -> Vec<String> {
+    let c = &rec.config;
+    let mut env = Vec::new();
+    if !c.env.iter().any(|e| env_key(e) == "PATH") {
+        env.push(DEFAULT_PATH.to_string());
+    }
+    env.push(format!("HOSTNAME={}", c.hostname));
+    if c.tty {
+        env.push("TERM=xterm".into());
+    }
+    env.extend(linked.iter().cloned());
+    let mut env = merge_env(&env, &c.env);
+    env.dedup();
+    env
+}
+
 /// `rec` with only the numeric `HostConfig.GroupAdd` entries (a spec built
 /// before the rootfs's /etc/group can be read).
 fn numeric_group_add(rec: &Record) -> Record {
@@ -572,10 +595,7 @@ fn check_host_config(hc: &Value) -> Result<()> {
         Value::Number(n) => n.as_f64() != Some(0.0),
         Value::String(s) => !s.is_empty(),
     };
-    for (k, what) in [
-        ("Links", "HostConfig.Links"),
-        ("VolumeDriver", "HostConfig.VolumeDriver"),
-    ] {
+    for (k, what) in [("VolumeDriver", "HostConfig.VolumeDriver")] {
         if nonempty(k) {
             return ni(what);
         }
@@ -599,6 +619,7 @@ fn check_host_config(hc: &Value) -> Result<()> {
         if !(v.is_empty()
             || v == ok
             || (k == "IpcMode" && (v == "private" || v == "shareable"))
+            || (k == "PidMode" && v.len() > "container:".len() && v.starts_with("container:"))
             || (k == "CgroupnsMode" && v == "host"))
         {
             return ni(&format!("HostConfig.{k} {v:?}"));
@@ -606,13 +627,6 @@ fn check_host_config(hc: &Value) -> Result<()> {
     }
     crate::network::portmap::check(hc)?;
     crate::networks::check_hosts_and_dns(hc)?;
-    match hc["NetworkMode"].as_str().unwrap_or("") {
-        m @ "container" => return ni(&format!("network mode {m:?}")),
-        m if m.starts_with("container:") => return ni(&format!("network mode {m:?}")),
-        // "", default, bridge, none, or a user-defined network (checked at
-        // create).
-        _ => {}
-    }
     let policy = RestartPolicy::from_host_config(hc)?;
     if hc["AutoRemove"].as_bool().unwrap_or(false) && policy != RestartPolicy::No {
         return Err(EngineError::BadRequest(
@@ -1161,6 +1175,8 @@ impl Containers {
             }
         };
         check_host_config(&hc)?;
+        crate::networks::check_network_mode(body, &hc)?;
+        crate::networks::check_links(&hc, &|k| self.lookup(k).map(|e| e.record()))?;
         let get_str = |k: &str| -> Result<String> {
             match &body[k] {
                 Value::Null => Ok(String::new()),
@@ -1549,10 +1565,10 @@ impl Containers {
                     "static addresses on networks are not implemented in orcad yet".into(),
                 ));
             }
-            if nonempty(&ep["Links"]) {
-                return Err(EngineError::NotImplemented(
-                    "links are not implemented in orcad yet".into(),
-                ));
+            let mut links = crate::networks::endpoint_links(&ep["Links"])?;
+            if !net.predefined && hc["NetworkMode"].as_str() == Some(name) {
+                // `--link` with a user-defined network mode.
+                links.extend(crate::networks::endpoint_links(&hc["Links"])?);
             }
             let aliases: Vec<String> =
                 serde_json::from_value(ep["Aliases"].clone()).unwrap_or_default();
@@ -1568,6 +1584,13 @@ impl Containers {
             for a in aliases {
                 if !e.aliases.contains(&a) {
                     e.aliases.push(a);
+                }
+            }
+            if !net.predefined {
+                for l in links {
+                    if !e.links.contains(&l) {
+                        e.links.push(l);
+                    }
                 }
             }
             Ok(())
@@ -1669,16 +1692,7 @@ impl Containers {
 
     fn build_spec(&self, rec: &Record, etc_group: Option<&str>) -> Result<Value> {
         let c = &rec.config;
-        let mut env = Vec::new();
-        if !c.env.iter().any(|e| env_key(e) == "PATH") {
-            env.push(DEFAULT_PATH.to_string());
-        }
-        env.push(format!("HOSTNAME={}", c.hostname));
-        if c.tty {
-            env.push("TERM=xterm".into());
-        }
-        let mut env = merge_env(&env, &c.env);
-        env.dedup();
+        let env = spec_env(rec, &[]);
         let mut args = vec![rec.path.clone()];
         args.extend(rec.args.iter().cloned());
         // The daemon's default-ulimits for the names the container leaves out.
@@ -1764,6 +1778,7 @@ impl Containers {
                 return Err(EngineError::NotFound(format!("network {name} not found")));
             }
         }
+        self.prepare_sharing(entry).await?;
         // A leftover task from a previous run (a container that never
         // started has none: its task is deleted when create or start fails).
         if rec.state.started_at != util::ZERO_TIME {
@@ -1928,6 +1943,7 @@ impl Containers {
         self.save_state(&entry.record())?;
         info!(id, pid, "started container");
         let rec = entry.record();
+        self.update_link_parents(&rec);
         for (name, ep) in &rec.networks {
             self.events.network(
                 "connect",
@@ -1942,6 +1958,130 @@ impl Containers {
         let e2 = entry.clone();
         tokio::spawn(async move { me.monitor(e2).await });
         Ok(())
+    }
+
+    /// Before a start: the namespaces this container joins (`container:`
+    /// network/PID modes) and its legacy links are resolved (dockerd's
+    /// errors for missing/stopped targets), the containerd container's spec
+    /// is updated with them (namespace paths, the network target's
+    /// hostname and hosts/resolv.conf/hostname files, link variables) and
+    /// the record takes the target's hostname and file paths, as dockerd's.
+    async fn prepare_sharing(&self, entry: &Arc<Entry>) -> Result<()> {
+        let rec = entry.record();
+        let hc = &rec.host_config;
+        let shares_net =
+            crate::networks::container_target(hc["NetworkMode"].as_str().unwrap_or("")).is_some();
+        let shares_pid =
+            crate::networks::container_target(hc["PidMode"].as_str().unwrap_or("")).is_some();
+        let has_links = !spec::str_list(&hc["Links"]).is_empty();
+        if !(shares_net || shares_pid || has_links) {
+            return Ok(());
+        }
+        let lookup = |k: &str| self.lookup(k).map(|e| e.record());
+        let net = crate::networks::net_target(&rec, &lookup)?;
+        let pid = crate::networks::pid_target(&rec, &lookup)?;
+        let bridge_id = self.networks.default_bridge().map(|n| n.id);
+        let links = crate::networks::legacy_links(&rec, bridge_id.as_deref(), &lookup)?;
+        let bid = bridge_id.unwrap_or_default();
+        let mut linked = Vec::new();
+        let mut hosts = Vec::new();
+        for (alias, child) in &links {
+            linked.extend(crate::networks::link_env(&rec.name, alias, child, &bid));
+            hosts.push(crate::networks::link_hosts_line(alias, child, &bid));
+        }
+        self.networks.set_link_hosts(&rec.id, hosts);
+        let mut r2 = rec.clone();
+        if let Some(t) = &net {
+            r2.config.hostname = t.config.hostname.clone();
+            r2.config.domainname = t.config.domainname.clone();
+            r2.hostname_path = t.hostname_path.clone();
+            r2.hosts_path = t.hosts_path.clone();
+            r2.resolv_conf_path = t.resolv_conf_path.clone();
+        }
+        let env = (shares_net || has_links).then(|| spec_env(&r2, &linked));
+        let c = self
+            .ctrd
+            .containers()
+            .get(
+                self.ctrd
+                    .req(ctrs::GetContainerRequest { id: rec.id.clone() }),
+            )
+            .await
+            .map_err(|s| EngineError::grpc("get containerd container", s))?
+            .into_inner()
+            .container
+            .ok_or_else(|| EngineError::internal("containerd returned no container"))?;
+        let mut spec: Value = serde_json::from_slice(&c.spec.map(|a| a.value).unwrap_or_default())
+            .map_err(|e| EngineError::internal(format!("container spec: {e}")))?;
+        crate::networks::patch_spec(&mut spec, net.as_ref(), pid.as_ref(), env);
+        let container = ctrs::Container {
+            id: rec.id.clone(),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: serde_json::to_vec(&spec).map_err(EngineError::internal)?,
+            }),
+            ..Default::default()
+        };
+        self.ctrd
+            .containers()
+            .update(self.ctrd.req(ctrs::UpdateContainerRequest {
+                container: Some(container),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["spec".into()],
+                }),
+            }))
+            .await
+            .map_err(|s| EngineError::grpc("update containerd container", s))?;
+        if net.is_some() {
+            entry.with_rec(|r| {
+                r.config.hostname = r2.config.hostname.clone();
+                r.config.domainname = r2.config.domainname.clone();
+                r.hostname_path = r2.hostname_path.clone();
+                r.hosts_path = r2.hosts_path.clone();
+                r.resolv_conf_path = r2.resolv_conf_path.clone();
+            });
+            self.save(&entry.record())?;
+        }
+        Ok(())
+    }
+
+    /// After `child` started (maybe with a new address): the /etc/hosts of
+    /// running containers holding a legacy link to it are rewritten, as
+    /// dockerd updates link parents.
+    fn update_link_parents(&self, child: &Record) {
+        let Some(bid) = self.networks.default_bridge().map(|n| n.id) else {
+            return;
+        };
+        let lookup = |k: &str| self.lookup(k).map(|e| e.record());
+        for parent in self.entries().iter().map(|e| e.record()) {
+            if parent.id == child.id || !parent.state.running {
+                continue;
+            }
+            let links_it = spec::str_list(&parent.host_config["Links"])
+                .iter()
+                .any(|l| {
+                    crate::networks::parse_link(l)
+                        .ok()
+                        .and_then(|(name, _)| lookup(&name).ok())
+                        .is_some_and(|c| c.id == child.id)
+                });
+            if !links_it {
+                continue;
+            }
+            match crate::networks::legacy_links(&parent, Some(&bid), &lookup) {
+                Ok(links) => {
+                    let hosts = links
+                        .iter()
+                        .map(|(alias, c)| crate::networks::link_hosts_line(alias, c, &bid))
+                        .collect();
+                    self.networks.set_link_hosts(&parent.id, hosts);
+                    if let Err(e) = self.networks.write_files(&parent) {
+                        warn!(id = %parent.id, "cannot update the hosts file of a link parent: {e}");
+                    }
+                }
+                Err(e) => debug!(id = %parent.id, "link parent not updated: {e}"),
+            }
+        }
     }
 
     /// Records a failed start the way dockerd does: exit code 127 for a
@@ -2669,7 +2809,8 @@ fn networks_json(rec: &Record) -> Value {
         m.insert(
             name.clone(),
             json!({
-                "IPAMConfig": null, "Links": null,
+                "IPAMConfig": null,
+                "Links": if ep.links.is_empty() { Value::Null } else { json!(ep.links) },
                 "Aliases": if bridge { Value::Null } else { json!(aliases) },
                 "MacAddress": ep.mac,
                 "DriverOpts": null, "NetworkID": ep.network_id, "EndpointID": ep.endpoint_id,

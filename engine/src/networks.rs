@@ -4,12 +4,18 @@
 //! network (unless `--bridge none`) and user-defined bridge networks get a
 //! Linux bridge, a subnet, iptables rules and (user-defined only) an
 //! embedded DNS responder; containers get veth interfaces, addresses and
-//! published ports at start, released at exit. Drivers other than `bridge`,
-//! IPv6, IPAM options/ranges and driver options answer 501.
+//! published ports at start, released at exit. Also the sharing modes
+//! dockerd has: `container:<name|id>` network mode (the target's netns,
+//! hosts, resolv.conf and hostname), legacy `--link`s on the default
+//! bridge (hosts entries and `ALIAS_*` variables), links on user-defined
+//! networks (aliases the embedded DNS resolves for the linking container
+//! only) and per-container `--dns` servers behind the embedded DNS.
+//! Drivers other than `bridge`, IPv6, IPAM options/ranges and driver
+//! options answer 501.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -74,6 +80,16 @@ impl Network {
 /// DNS names per network: network ID → container ID → (names, address).
 type NameTable = HashMap<String, HashMap<String, (Vec<String>, Ipv4Addr)>>;
 
+/// What the embedded DNS needs to know about one running container.
+#[derive(Debug, Clone, Default)]
+struct CtrDns {
+    /// `HostConfig.Dns`: where its other questions are forwarded (empty:
+    /// the host's nameservers).
+    servers: Vec<IpAddr>,
+    /// Its links on user-defined networks: network ID → alias → name.
+    aliases: HashMap<String, HashMap<String, String>>,
+}
+
 /// The network store and bridge driver.
 pub struct Networks {
     dir: PathBuf,
@@ -93,6 +109,12 @@ pub struct Networks {
     /// DNS responders by network ID.
     dns: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
     names: Arc<Mutex<NameTable>>,
+    /// Per running container: `--dns` servers and link aliases (container ID
+    /// → settings). Lock order: `names` before this.
+    ctr_dns: Arc<Mutex<HashMap<String, CtrDns>>>,
+    /// Legacy-link /etc/hosts lines of running containers (container ID →
+    /// (names, address)), set at start.
+    link_hosts: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -153,6 +175,8 @@ impl Networks {
             proxies: Mutex::new(HashMap::new()),
             dns: Mutex::new(HashMap::new()),
             names: Arc::new(Mutex::new(HashMap::new())),
+            ctr_dns: Arc::new(Mutex::new(HashMap::new())),
+            link_hosts: Mutex::new(HashMap::new()),
         });
         nets.setup_default_bridge().await?;
         for n in nets.all() {
@@ -303,16 +327,36 @@ impl Networks {
             return;
         }
         let names = self.names.clone();
+        let ctr_dns = self.ctr_dns.clone();
         let id = n.id.clone();
-        let resolver: dns::Resolver = Arc::new(move |q: &str| {
+        let resolver: dns::Resolver = Arc::new(move |q: &str, from: IpAddr| {
             let t = lock(&names);
-            let ips: Vec<Ipv4Addr> = t
-                .get(&id)?
+            let Some(members) = t.get(&id) else {
+                return dns::Lookup::Forward(Vec::new());
+            };
+            // The asking container (by its address on this network): its
+            // link aliases and `--dns` servers.
+            let asker = members
+                .iter()
+                .find(|(_, (_, ip))| IpAddr::V4(*ip) == from)
+                .and_then(|(cid, _)| lock(&ctr_dns).get(cid).cloned())
+                .unwrap_or_default();
+            let name = asker
+                .aliases
+                .get(&id)
+                .and_then(|a| a.get(q))
+                .map(String::as_str)
+                .unwrap_or(q);
+            let ips: Vec<Ipv4Addr> = members
                 .values()
-                .filter(|(ns, _)| ns.iter().any(|x| x == q))
+                .filter(|(ns, _)| ns.iter().any(|x| x == name))
                 .map(|(_, ip)| *ip)
                 .collect();
-            (!ips.is_empty()).then_some(ips)
+            if ips.is_empty() {
+                dns::Lookup::Forward(asker.servers)
+            } else {
+                dns::Lookup::Local(ips)
+            }
         });
         match dns::serve(gw, resolver).await {
             Ok(hs) => {
@@ -740,6 +784,10 @@ impl Networks {
     pub fn write_files(&self, rec: &Record) -> Result<()> {
         let hc = &rec.host_config;
         let mode = hc["NetworkMode"].as_str().unwrap_or("");
+        if container_target(mode).is_some() {
+            // The target's files are used (and written by it).
+            return Ok(());
+        }
         let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let extra = extra_hosts(hc, Some(&|| self.host_gateway()))?;
         let mut hosts = if mode == "host" {
@@ -761,6 +809,11 @@ impl Networks {
         if !hosts.is_empty() && !hosts.ends_with('\n') {
             hosts.push('\n');
         }
+        if let Some(links) = lock(&self.link_hosts).get(&rec.id) {
+            for (names, ip) in links {
+                hosts.push_str(&format!("{ip}\t{names}\n"));
+            }
+        }
         for (name, ip) in &extra {
             hosts.push_str(&format!("{ip}\t{name}\n"));
         }
@@ -780,11 +833,6 @@ impl Networks {
         let dns = str_list(&hc["Dns"]);
         let search = str_list(&hc["DnsSearch"]);
         let options = str_list(&hc["DnsOptions"]);
-        if !dns.is_empty() && dns_gw.is_some() {
-            return Err(EngineError::NotImplemented(
-                "HostConfig.Dns on a user-defined network (its embedded DNS forwards to the host's nameservers) is not implemented in orcad yet".into(),
-            ));
-        }
         for a in &dns {
             if a.parse::<std::net::IpAddr>().is_err() {
                 return Err(EngineError::BadRequest(format!("{a} is not an ip address")));
@@ -794,16 +842,21 @@ impl Networks {
         if let Some(gw) = &dns_gw {
             resolv.push_str(&format!("nameserver {gw}\n"));
         }
-        for a in &dns {
-            resolv.push_str(&format!("nameserver {a}\n"));
+        // Behind the embedded DNS (as dockerd's 127.0.0.11), `Dns` servers
+        // are where it forwards this container's other questions.
+        if dns_gw.is_none() {
+            for a in &dns {
+                resolv.push_str(&format!("nameserver {a}\n"));
+            }
         }
         for l in host_resolv.lines() {
             let mut w = l.split_whitespace();
             let keep = match w.next() {
                 Some("nameserver") => {
-                    (mode == "host" || (dns_gw.is_none() && dns.is_empty()))
-                        && (mode == "host"
-                            || !w
+                    mode == "host"
+                        || (dns_gw.is_none()
+                            && dns.is_empty()
+                            && !w
                                 .next()
                                 .is_some_and(|a| a.starts_with("127.") || a == "::1"))
                 }
@@ -833,6 +886,7 @@ impl Networks {
     pub async fn attach_task(&self, rec: &mut Record, pid: u32) -> Result<()> {
         let cid = rec.id.clone();
         let names = dns_names(rec);
+        self.set_ctr_dns(rec);
         let mut done: Vec<String> = Vec::new();
         let mut res: Result<()> = Ok(());
         let mut first = true;
@@ -874,9 +928,41 @@ impl Networks {
             for t in lock(&self.names).values_mut() {
                 t.remove(&cid);
             }
+            lock(&self.ctr_dns).remove(&cid);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// The embedded DNS's view of `rec`: its `Dns` servers and its links
+    /// on user-defined networks.
+    fn set_ctr_dns(&self, rec: &Record) {
+        let servers = str_list(&rec.host_config["Dns"])
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+            .collect();
+        let mut aliases: HashMap<String, HashMap<String, String>> = HashMap::new();
+        for ep in rec.networks.values() {
+            for l in &ep.links {
+                if let Ok((name, alias)) = parse_link(l) {
+                    aliases
+                        .entry(ep.network_id.clone())
+                        .or_default()
+                        .insert(alias.to_ascii_lowercase(), name.to_ascii_lowercase());
+                }
+            }
+        }
+        lock(&self.ctr_dns).insert(rec.id.clone(), CtrDns { servers, aliases });
+    }
+
+    /// The legacy-link /etc/hosts lines of `cid` for its next
+    /// [`Self::write_files`] (empty: none).
+    pub fn set_link_hosts(&self, cid: &str, lines: Vec<(String, String)>) {
+        if lines.is_empty() {
+            lock(&self.link_hosts).remove(cid);
+        } else {
+            lock(&self.link_hosts).insert(cid.to_string(), lines);
+        }
     }
 
     async fn attach_one(
@@ -1017,6 +1103,8 @@ impl Networks {
         for t in lock(&self.names).values_mut() {
             t.remove(&cid);
         }
+        lock(&self.ctr_dns).remove(&cid);
+        lock(&self.link_hosts).remove(&cid);
         for ep in rec.networks.values_mut() {
             if !ep.veth.is_empty() {
                 if let Err(e) = self.host.delete(&ep.veth).await {
@@ -1034,6 +1122,7 @@ impl Networks {
     /// DNAT rules and proxies come back (addresses stayed recorded).
     pub async fn restore(&self, rec: &Record) {
         let names = dns_names(rec);
+        self.set_ctr_dns(rec);
         for ep in rec.networks.values() {
             if let Ok(ip) = ep.ip.parse::<Ipv4Addr>() {
                 lock(&self.names)
@@ -1085,6 +1174,7 @@ impl Networks {
             .entry(ep.network_id.clone())
             .or_default()
             .insert(cid, (names, ep.ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED)));
+        self.set_ctr_dns(rec);
         Ok(())
     }
 
@@ -1227,7 +1317,7 @@ pub async fn connect(engine: &crate::Engine, key: &str, body: &Value) -> Result<
         }
         m if m.starts_with("container:") => {
             return Err(EngineError::BadRequest(
-                "container sharing network namespace with another container cannot be connected to a network".into(),
+                "container sharing network namespace with another container or host cannot be connected to any other network".into(),
             ))
         }
         _ => {}
@@ -1241,17 +1331,24 @@ pub async fn connect(engine: &crate::Engine, key: &str, body: &Value) -> Result<
     }
     let ec = &body["EndpointConfig"];
     let nonempty = |v: &Value| !(v.is_null() || v == "" || v == &json!({}) || v == &json!([]));
-    if nonempty(&ec["IPAMConfig"]) || nonempty(&ec["IPAddress"]) || nonempty(&ec["Links"]) {
+    if nonempty(&ec["IPAMConfig"]) || nonempty(&ec["IPAddress"]) {
         return Err(EngineError::NotImplemented(
-            "static addresses and links are not implemented in orcad yet".into(),
+            "static addresses are not implemented in orcad yet".into(),
         ));
     }
     let aliases: Vec<String> = serde_json::from_value(ec["Aliases"].clone()).unwrap_or_default();
+    let links = endpoint_links(&ec["Links"])?;
+    if net.predefined && !links.is_empty() {
+        return Err(EngineError::BadRequest(
+            "links are only supported for user-defined networks".into(),
+        ));
+    }
     rec.networks.insert(
         net.name.clone(),
         Endpoint {
             network_id: net.id.clone(),
             aliases,
+            links,
             ..Default::default()
         },
     );
@@ -1371,4 +1468,563 @@ fn str_list(v: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+// ---- sharing modes: container:<x>, links ----
+
+/// The container named by a `container:<name|id>` mode, if that is the mode.
+pub fn container_target(mode: &str) -> Option<&str> {
+    mode.strip_prefix("container:")
+}
+
+/// dockerd's checks of `container:<x>` network mode (and of links with
+/// `host` mode) at create, with its messages. `body` is the create body
+/// (Config fields at its top level).
+pub fn check_network_mode(body: &Value, hc: &Value) -> Result<()> {
+    let bad = |m: &str| Err(EngineError::BadRequest(m.to_string()));
+    let mode = hc["NetworkMode"].as_str().unwrap_or("");
+    let links = str_list(&hc["Links"]);
+    for l in &links {
+        parse_link(l)?;
+    }
+    if mode == "host" && !links.is_empty() {
+        return bad("conflicting options: host type networking can't be used with links. This would result in undefined behavior");
+    }
+    if mode != "container" && container_target(mode).is_none() {
+        return Ok(());
+    }
+    if container_target(mode).is_none_or(|t| t.is_empty()) {
+        return bad("Invalid network mode: invalid container format container:<name|id>");
+    }
+    let set = |v: &Value| match v {
+        Value::Null => false,
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        Value::String(s) => !s.is_empty(),
+        Value::Bool(b) => *b,
+        Value::Number(_) => true,
+    };
+    if set(&body["Hostname"]) {
+        return bad("conflicting options: hostname and the network mode");
+    }
+    if !links.is_empty() {
+        return bad("conflicting options: container type network can't be used with links. This would result in undefined behavior");
+    }
+    if set(&hc["Dns"]) {
+        return bad("conflicting options: dns and the network mode");
+    }
+    if set(&hc["ExtraHosts"]) {
+        return bad("conflicting options: custom host-to-IP mapping and the network mode");
+    }
+    let ep_mac = body["NetworkingConfig"]["EndpointsConfig"]
+        .as_object()
+        .is_some_and(|eps| eps.values().any(|e| set(&e["MacAddress"])));
+    if set(&body["MacAddress"]) || ep_mac {
+        return bad("conflicting options: mac-address and the network mode");
+    }
+    if set(&hc["PortBindings"]) || hc["PublishAllPorts"].as_bool().unwrap_or(false) {
+        return bad("conflicting options: port publishing and the container type network mode");
+    }
+    if set(&body["ExposedPorts"]) {
+        return bad("conflicting options: port exposing and the container type network mode");
+    }
+    Ok(())
+}
+
+/// dockerd's `registerLinks` checks at create (not for user-defined
+/// networks, where a link is only a DNS alias): every linked container
+/// exists (400, as dockerd) and does not use the host's network.
+pub fn check_links(hc: &Value, lookup: &dyn Fn(&str) -> Result<Record>) -> Result<()> {
+    let mode = hc["NetworkMode"].as_str().unwrap_or("");
+    let legacy = ["", "default", "bridge", "none", "host"].contains(&mode)
+        || container_target(mode).is_some();
+    if !legacy {
+        return Ok(());
+    }
+    for l in str_list(&hc["Links"]) {
+        let (name, _) = parse_link(&l)?;
+        let not_found = |e: EngineError, n: &str| match e {
+            EngineError::NotFound(m) => {
+                EngineError::BadRequest(format!("could not get container for {n}: {m}"))
+            }
+            e => e,
+        };
+        let mut child = lookup(&name).map_err(|e| not_found(e, &name))?;
+        for _ in 0..8 {
+            let Some(t) = container_target(child.host_config["NetworkMode"].as_str().unwrap_or(""))
+            else {
+                break;
+            };
+            child = lookup(t).map_err(|e| not_found(e, t))?;
+        }
+        if child.host_config["NetworkMode"] == "host" {
+            return Err(EngineError::BadRequest("conflicting options: host type networking can't be used with links. This would result in undefined behavior".into()));
+        }
+    }
+    Ok(())
+}
+
+/// dockerd's `ParseLink`: `name[:alias]` (also `/name:/parent/alias`, the
+/// form inspect shows) → (name, alias).
+pub fn parse_link(l: &str) -> Result<(String, String)> {
+    if l.is_empty() {
+        return Err(EngineError::BadRequest(
+            "empty string specified for links".into(),
+        ));
+    }
+    let parts: Vec<&str> = l.split(':').collect();
+    match parts.as_slice() {
+        [one] => Ok((one.to_string(), one.to_string())),
+        [name, alias] if name.starts_with('/') => Ok((
+            name[1..].to_string(),
+            alias.rsplit('/').next().unwrap_or(alias).to_string(),
+        )),
+        [name, alias] if !name.is_empty() && !alias.is_empty() => {
+            Ok((name.to_string(), alias.to_string()))
+        }
+        _ => Err(EngineError::BadRequest(format!(
+            "bad format for links: {l}"
+        ))),
+    }
+}
+
+/// An endpoint's `Links` (checked).
+pub fn endpoint_links(v: &Value) -> Result<Vec<String>> {
+    let links = str_list(v);
+    for l in &links {
+        parse_link(l)?;
+    }
+    Ok(links)
+}
+
+/// The running container whose network namespace `rec` joins
+/// (`container:<x>` mode), with dockerd's errors; `None` for other modes.
+pub fn net_target(rec: &Record, lookup: &dyn Fn(&str) -> Result<Record>) -> Result<Option<Record>> {
+    let Some(t) = container_target(rec.host_config["NetworkMode"].as_str().unwrap_or("")) else {
+        return Ok(None);
+    };
+    let nc = lookup(t)?;
+    if nc.id == rec.id {
+        return Err(EngineError::BadRequest("cannot join own network".into()));
+    }
+    running_target(&nc, t, "network")?;
+    Ok(Some(nc))
+}
+
+/// The running container whose PID namespace `rec` joins (`PidMode
+/// container:<x>`).
+pub fn pid_target(rec: &Record, lookup: &dyn Fn(&str) -> Result<Record>) -> Result<Option<Record>> {
+    let Some(t) = container_target(rec.host_config["PidMode"].as_str().unwrap_or("")) else {
+        return Ok(None);
+    };
+    let nc = lookup(t).map_err(|e| match e {
+        EngineError::NotFound(m) => EngineError::NotFound(format!(
+            "cannot join PID of a non running container: {t}: {m}"
+        )),
+        e => e,
+    })?;
+    if nc.id == rec.id {
+        return Err(EngineError::BadRequest(
+            "cannot join own PID namespace".into(),
+        ));
+    }
+    running_target(&nc, t, "PID")?;
+    Ok(Some(nc))
+}
+
+fn running_target(nc: &Record, key: &str, what: &str) -> Result<()> {
+    if nc.state.restarting {
+        return Err(EngineError::Conflict(format!(
+            "Container {key} is restarting, wait until the container is running"
+        )));
+    }
+    if !nc.state.running || nc.state.pid == 0 {
+        return Err(EngineError::Conflict(format!(
+            "cannot join {what} of a non running container: {key}"
+        )));
+    }
+    Ok(())
+}
+
+/// Legacy links of a container on the default bridge, resolved at its
+/// start: (alias, child) per `HostConfig.Links` entry. Children in
+/// `container:` mode stand for the container owning their namespace;
+/// removed children are skipped (dockerd drops such links); a stopped
+/// child or one off the default bridge is dockerd's error.
+pub fn legacy_links(
+    rec: &Record,
+    default_bridge: Option<&str>,
+    lookup: &dyn Fn(&str) -> Result<Record>,
+) -> Result<Vec<(String, Record)>> {
+    let Some(bridge_id) = default_bridge else {
+        return Ok(Vec::new());
+    };
+    if !rec.networks.values().any(|e| e.network_id == bridge_id) {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for l in str_list(&rec.host_config["Links"]) {
+        let (name, alias) = parse_link(&l)?;
+        let mut child = match lookup(&name) {
+            Ok(c) => c,
+            Err(EngineError::NotFound(_)) => {
+                tracing::debug!(id = %rec.id, link = %l, "linked container is gone; link skipped");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for _ in 0..8 {
+            let Some(t) = container_target(child.host_config["NetworkMode"].as_str().unwrap_or(""))
+            else {
+                break;
+            };
+            child = lookup(t)?;
+        }
+        let parent = rec.name.clone();
+        if !child.state.running {
+            return Err(EngineError::Internal(format!(
+                "Cannot link to a non running container: {} AS {parent}/{alias}",
+                child.name
+            )));
+        }
+        if !child
+            .networks
+            .values()
+            .any(|e| e.network_id == bridge_id && !e.ip.is_empty())
+        {
+            return Err(EngineError::Internal(format!(
+                "Cannot link to {}, as it does not belong to the default network",
+                child.name
+            )));
+        }
+        out.push((alias, child));
+    }
+    Ok(out)
+}
+
+/// The /etc/hosts line of a legacy link: (names, address) — the alias, the
+/// child's hostname and (when not the alias) its name, as dockerd.
+pub fn link_hosts_line(alias: &str, child: &Record, bridge_id: &str) -> (String, String) {
+    let ip = child
+        .networks
+        .values()
+        .find(|e| e.network_id == bridge_id)
+        .map(|e| e.ip.clone())
+        .unwrap_or_default();
+    let name = child.name.trim_start_matches('/');
+    let mut names = format!("{alias} {}", child.config.hostname);
+    if alias != name {
+        names.push(' ');
+        names.push_str(name);
+    }
+    (names, ip)
+}
+
+/// dockerd's link environment (`links.Link.ToEnv`): `ALIAS_PORT`,
+/// `ALIAS_PORT_<port>_<PROTO>[_ADDR|_PORT|_PROTO]` (with `_START`/`_END`
+/// for runs of consecutive ports), `ALIAS_NAME=/parent/alias` and
+/// `ALIAS_ENV_<k>` for the child's variables (not HOME nor PATH).
+pub fn link_env(parent_name: &str, alias: &str, child: &Record, bridge_id: &str) -> Vec<String> {
+    let ip = child
+        .networks
+        .values()
+        .find(|e| e.network_id == bridge_id)
+        .map(|e| e.ip.clone())
+        .unwrap_or_default();
+    let a = alias.to_ascii_uppercase().replace('-', "_");
+    let mut ports: Vec<(u16, String)> = child
+        .config
+        .exposed_ports
+        .as_ref()
+        .and_then(|v| v.as_object())
+        .map(|o| {
+            o.keys()
+                .filter_map(|k| {
+                    let (p, proto) = k.split_once('/').unwrap_or((k, "tcp"));
+                    Some((p.parse().ok()?, proto.to_ascii_lowercase()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Go's sort with "lower number first, tcp first on a tie".
+    ports.sort_by(|x, y| {
+        x.0.cmp(&y.0)
+            .then_with(|| (x.1 != "tcp").cmp(&(y.1 != "tcp")))
+    });
+    let mut env = Vec::new();
+    if let Some((p, proto)) = ports.first() {
+        env.push(format!("{a}_PORT={proto}://{ip}:{p}"));
+    }
+    let next_contiguous = |value: u16, index: usize| -> usize {
+        if index + 1 == ports.len() {
+            return index;
+        }
+        // Go's nextContiguous: the expected number grows by one per entry.
+        for (v, (i, q)) in (value as u32..).zip(ports.iter().enumerate().skip(index + 1)) {
+            if q.0 as u32 > v + 1 {
+                return i - 1;
+            }
+        }
+        ports.len() - 1
+    };
+    let mut i = 0;
+    while i < ports.len() {
+        let (p, proto) = &ports[i];
+        let up = proto.to_ascii_uppercase();
+        let j = next_contiguous(*p, i);
+        if j > i + 1 {
+            let (q, qproto) = &ports[j];
+            let qup = qproto.to_ascii_uppercase();
+            env.push(format!("{a}_PORT_{p}_{up}_START={proto}://{ip}:{p}"));
+            env.push(format!("{a}_PORT_{p}_{up}_ADDR={ip}"));
+            env.push(format!("{a}_PORT_{p}_{up}_PROTO={proto}"));
+            env.push(format!("{a}_PORT_{p}_{up}_PORT_START={p}"));
+            env.push(format!("{a}_PORT_{p}_{qup}_END={qproto}://{ip}:{q}"));
+            env.push(format!("{a}_PORT_{p}_{qup}_PORT_END={q}"));
+        }
+        for (p, proto) in &ports[i..=j] {
+            let up = proto.to_ascii_uppercase();
+            env.push(format!("{a}_PORT_{p}_{up}={proto}://{ip}:{p}"));
+            env.push(format!("{a}_PORT_{p}_{up}_ADDR={ip}"));
+            env.push(format!("{a}_PORT_{p}_{up}_PORT={p}"));
+            env.push(format!("{a}_PORT_{p}_{up}_PROTO={proto}"));
+        }
+        i = j + 1;
+    }
+    env.push(format!("{a}_NAME={parent_name}/{alias}"));
+    for v in &child.config.env {
+        let Some((k, val)) = v.split_once('=') else {
+            continue;
+        };
+        if k == "HOME" || k == "PATH" {
+            continue;
+        }
+        env.push(format!("{a}_ENV_{k}={val}"));
+    }
+    env
+}
+
+/// The start-time parts of an OCI spec built at create: the namespaces
+/// joined (`container:` network/PID modes, `/proc/<pid>/ns/…` of the
+/// targets' init), for a shared network also the target's hostname and
+/// hosts/resolv.conf/hostname files, and the process environment.
+pub fn patch_spec(
+    spec: &mut Value,
+    net: Option<&Record>,
+    pid: Option<&Record>,
+    env: Option<Vec<String>>,
+) {
+    let set_ns = |spec: &mut Value, typ: &str, path: String| {
+        if !spec["linux"]["namespaces"].is_array() {
+            spec["linux"]["namespaces"] = json!([]);
+        }
+        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+            match ns.iter_mut().find(|n| n["type"] == typ) {
+                Some(n) => n["path"] = json!(path),
+                None => ns.push(json!({"type": typ, "path": path})),
+            }
+        }
+    };
+    if let Some(t) = net {
+        set_ns(spec, "network", format!("/proc/{}/ns/net", t.state.pid));
+        spec["hostname"] = json!(t.config.hostname);
+        if let Some(ms) = spec["mounts"].as_array_mut() {
+            for m in ms.iter_mut() {
+                let src = match m["destination"].as_str() {
+                    Some("/etc/hosts") => &t.hosts_path,
+                    Some("/etc/resolv.conf") => &t.resolv_conf_path,
+                    Some("/etc/hostname") => &t.hostname_path,
+                    _ => continue,
+                };
+                m["source"] = json!(src);
+            }
+        }
+    }
+    if let Some(t) = pid {
+        set_ns(spec, "pid", format!("/proc/{}/ns/pid", t.state.pid));
+    }
+    if let Some(env) = env {
+        spec["process"]["env"] = json!(env);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, v: Value) -> Record {
+        let mut base = json!({
+            "id": format!("{name}0123456789abcdef"), "name": format!("/{name}"), "created": "",
+            "path": "sh", "args": [], "config": {}, "host_config": {}, "auto_remove": false,
+            "image": "", "image_name": "", "state": State::default(), "log_path": "",
+            "hostname_path": format!("/d/{name}/hostname"), "hosts_path": format!("/d/{name}/hosts"),
+            "resolv_conf_path": format!("/d/{name}/resolv.conf"),
+        });
+        if let (Some(b), Some(o)) = (base.as_object_mut(), v.as_object()) {
+            for (k, x) in o {
+                b.insert(k.clone(), x.clone());
+            }
+        }
+        serde_json::from_value(base).unwrap()
+    }
+    use crate::containers::State;
+
+    #[test]
+    fn links_parse_like_dockerd() {
+        assert_eq!(parse_link("a:al").unwrap(), ("a".into(), "al".into()));
+        assert_eq!(parse_link("a").unwrap(), ("a".into(), "a".into()));
+        assert_eq!(parse_link("/a:/b/al").unwrap(), ("a".into(), "al".into()));
+        assert!(
+            matches!(parse_link("a:b:c"), Err(EngineError::BadRequest(m)) if m == "bad format for links: a:b:c")
+        );
+        assert!(parse_link("").is_err());
+    }
+
+    #[test]
+    fn container_mode_conflicts() {
+        let hc = |v: Value| v;
+        let ok = check_network_mode(&json!({}), &hc(json!({"NetworkMode": "container:a"})));
+        assert!(ok.is_ok());
+        for (body, h, msg) in [
+            (
+                json!({}),
+                json!({"NetworkMode": "container:"}),
+                "invalid container format",
+            ),
+            (
+                json!({"Hostname": "x"}),
+                json!({"NetworkMode": "container:a"}),
+                "hostname and the network mode",
+            ),
+            (
+                json!({}),
+                json!({"NetworkMode": "container:a", "Links": ["b:c"]}),
+                "container type network can't be used with links",
+            ),
+            (
+                json!({}),
+                json!({"NetworkMode": "container:a", "Dns": ["1.1.1.1"]}),
+                "dns and the network mode",
+            ),
+            (
+                json!({}),
+                json!({"NetworkMode": "container:a", "ExtraHosts": ["h:1.2.3.4"]}),
+                "custom host-to-IP mapping",
+            ),
+            (
+                json!({"MacAddress": "02:42:ac:11:00:02"}),
+                json!({"NetworkMode": "container:a"}),
+                "mac-address",
+            ),
+            (
+                json!({}),
+                json!({"NetworkMode": "container:a", "PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}),
+                "port publishing",
+            ),
+            (
+                json!({}),
+                json!({"NetworkMode": "container:a", "PublishAllPorts": true}),
+                "port publishing",
+            ),
+            (
+                json!({"ExposedPorts": {"80/tcp": {}}}),
+                json!({"NetworkMode": "container:a"}),
+                "port exposing",
+            ),
+            (
+                json!({}),
+                json!({"NetworkMode": "host", "Links": ["b:c"]}),
+                "host type networking",
+            ),
+        ] {
+            match check_network_mode(&body, &h) {
+                Err(EngineError::BadRequest(m)) => assert!(m.contains(msg), "{m} vs {msg}"),
+                other => panic!("{h}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn link_env_matches_dockerd() {
+        let child = rec(
+            "db",
+            json!({"config": {"Env": ["PATH=/bin", "HOME=/root", "PW=s3cret"],
+                              "ExposedPorts": {"5432/tcp": {}, "8000/udp": {}, "8001/tcp": {}, "8002/tcp": {}, "80/udp": {}, "80/tcp": {}}},
+                   "networks": {"bridge": {"network_id": "B", "ip": "10.0.0.3"}}}),
+        );
+        let env = link_env("/web", "my-db", &child, "B");
+        let has = |e: &str| env.iter().any(|x| x == e);
+        assert_eq!(env[0], "MY_DB_PORT=tcp://10.0.0.3:80");
+        assert!(has("MY_DB_PORT_80_TCP=tcp://10.0.0.3:80"));
+        assert!(has("MY_DB_PORT_80_UDP_PROTO=udp"));
+        assert!(has("MY_DB_PORT_5432_TCP_ADDR=10.0.0.3"));
+        assert!(has("MY_DB_PORT_5432_TCP_PORT=5432"));
+        assert!(has("MY_DB_PORT_8000_UDP_START=udp://10.0.0.3:8000"));
+        assert!(has("MY_DB_PORT_8000_TCP_END=tcp://10.0.0.3:8002"));
+        assert!(has("MY_DB_PORT_8000_TCP_PORT_END=8002"));
+        assert!(has("MY_DB_NAME=/web/my-db"));
+        assert!(has("MY_DB_ENV_PW=s3cret"));
+        assert!(!env
+            .iter()
+            .any(|e| e.contains("_ENV_PATH") || e.contains("_ENV_HOME")));
+        let (names, ip) = link_hosts_line("my-db", &child, "B");
+        assert_eq!((names.as_str(), ip.as_str()), ("my-db  db", "10.0.0.3"));
+    }
+
+    #[test]
+    fn spec_patch_joins_target() {
+        let mut t = rec("a", json!({"config": {"Hostname": "ahost"}}));
+        t.state.pid = 4242;
+        let mut spec = json!({
+            "hostname": "bhost",
+            "process": {"env": ["X=1"]},
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "uts"}]},
+            "mounts": [{"destination": "/etc/hosts", "source": "/d/b/hosts"},
+                       {"destination": "/etc/resolv.conf", "source": "/d/b/resolv.conf"},
+                       {"destination": "/etc/hostname", "source": "/d/b/hostname"},
+                       {"destination": "/proc", "source": "proc"}],
+        });
+        patch_spec(&mut spec, Some(&t), Some(&t), Some(vec!["Y=2".into()]));
+        assert_eq!(spec["hostname"], "ahost");
+        assert_eq!(spec["linux"]["namespaces"][1]["path"], "/proc/4242/ns/net");
+        assert_eq!(spec["linux"]["namespaces"][0]["path"], "/proc/4242/ns/pid");
+        assert!(spec["linux"]["namespaces"][2]["path"].is_null());
+        assert_eq!(spec["mounts"][0]["source"], "/d/a/hosts");
+        assert_eq!(spec["mounts"][1]["source"], "/d/a/resolv.conf");
+        assert_eq!(spec["mounts"][2]["source"], "/d/a/hostname");
+        assert_eq!(spec["mounts"][3]["source"], "proc");
+        assert_eq!(spec["process"]["env"], json!(["Y=2"]));
+    }
+
+    #[test]
+    fn targets_must_run() {
+        let b = rec(
+            "b",
+            json!({"host_config": {"NetworkMode": "container:a", "PidMode": "container:a"}}),
+        );
+        let stopped = rec("a", json!({}));
+        let look = |_: &str| Ok(stopped.clone());
+        match net_target(&b, &look) {
+            Err(EngineError::Conflict(m)) => {
+                assert_eq!(m, "cannot join network of a non running container: a")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            pid_target(&b, &look),
+            Err(EngineError::Conflict(_))
+        ));
+        let missing = |k: &str| Err(EngineError::NotFound(format!("No such container: {k}")));
+        assert!(matches!(
+            net_target(&b, &missing),
+            Err(EngineError::NotFound(_))
+        ));
+        let mut running = rec("a", json!({}));
+        running.state.running = true;
+        running.state.pid = 7;
+        let look = |_: &str| Ok(running.clone());
+        assert_eq!(net_target(&b, &look).unwrap().unwrap().state.pid, 7);
+        let me = |_: &str| Ok(b.clone());
+        assert!(net_target(&b, &me).is_err());
+    }
 }

@@ -284,6 +284,20 @@ impl Drop for Orcad {
         if let Some(mut c) = self.child.take() {
             terminate(&mut c, Duration::from_secs(5));
         }
+        // An orcad that had to be killed leaves its test bridge behind
+        // (a clean stop deletes it): remove a fixture-made `ob…` bridge.
+        let bridge = self
+            .args
+            .windows(2)
+            .find(|w| w[0] == "--bridge" || w[0] == "-b")
+            .map(|w| w[1].to_string_lossy().into_owned());
+        if let Some(b) = bridge.filter(|b| b.starts_with("ob")) {
+            if Path::new("/sys/class/net").join(&b).exists() {
+                let _ = std::process::Command::new("ip")
+                    .args(["link", "del", &b])
+                    .status();
+            }
+        }
         // A managed orca-supervisor orcad left running (live-restore).
         if self.managed {
             stop_supervisor(&self.path("exec/supervisor/supervisor.pid"));

@@ -497,7 +497,7 @@ fn none_and_host_modes_and_bad_input() {
         T,
     );
     assert!(
-        !r.status.success() && err(&r).contains("not implemented"),
+        !r.status.success() && err(&r).contains("No such container: x"),
         "{}",
         err(&r)
     );

@@ -1,12 +1,14 @@
 //! The embedded DNS responder of a user-defined network: UDP and TCP on
 //! the bridge's gateway address, port 53. A/ANY questions for the
-//! network's running containers (names, aliases, short IDs) are answered
-//! here; every other question is forwarded to the host's nameservers
-//! (`/etc/resolv.conf`) and the answer relayed. (dockerd listens on
+//! network's running containers (names, aliases, short IDs, and the
+//! asking container's link aliases) are answered here; every other
+//! question is forwarded — to the asking container's `--dns` servers when
+//! it has some, else to the host's nameservers (`/etc/resolv.conf`) — and
+//! the answer relayed. (dockerd listens on
 //! 127.0.0.11 inside each container's netns behind an iptables redirect;
 //! the gateway address is the simpler equivalent.)
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +17,18 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-/// Name → addresses of one network (`None`: not a container name there).
-pub type Resolver = Arc<dyn Fn(&str) -> Option<Vec<Ipv4Addr>> + Send + Sync>;
+/// What to do with a question for a name, asked from an address.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// A container name on the network: answered here.
+    Local(Vec<Ipv4Addr>),
+    /// Not a container name: forwarded to these nameservers (port 53);
+    /// empty = the host's (`/etc/resolv.conf`).
+    Forward(Vec<IpAddr>),
+}
+
+/// (question name, asker's address) → [`Lookup`], for one network.
+pub type Resolver = Arc<dyn Fn(&str, IpAddr) -> Lookup + Send + Sync>;
 
 /// A parsed question.
 #[derive(Debug, PartialEq)]
@@ -99,23 +111,31 @@ fn servfail(m: &[u8], q: &Question) -> Vec<u8> {
     out
 }
 
-/// The host's nameservers, minus `exclude` (orcad's own responders).
-fn upstreams(exclude: Ipv4Addr) -> Vec<SocketAddr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
-        })
-        .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
-        .filter(|a| *a != std::net::IpAddr::V4(exclude))
+/// `servers` (else the host's nameservers), minus `exclude` (orcad's own
+/// responder).
+fn upstreams(servers: Vec<IpAddr>, exclude: Ipv4Addr) -> Vec<SocketAddr> {
+    let servers = if servers.is_empty() {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+            })
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+            .collect()
+    } else {
+        servers
+    };
+    servers
+        .into_iter()
+        .filter(|a| *a != IpAddr::V4(exclude))
         .map(|a| SocketAddr::new(a, 53))
         .collect()
 }
 
-async fn forward(m: &[u8], exclude: Ipv4Addr) -> Option<Vec<u8>> {
-    for up in upstreams(exclude) {
+async fn forward(m: &[u8], servers: Vec<IpAddr>, exclude: Ipv4Addr) -> Option<Vec<u8>> {
+    for up in upstreams(servers, exclude) {
         let local: SocketAddr = if up.is_ipv4() {
             "0.0.0.0:0".parse().ok()?
         } else {
@@ -139,12 +159,13 @@ async fn forward(m: &[u8], exclude: Ipv4Addr) -> Option<Vec<u8>> {
     None
 }
 
-async fn respond(m: &[u8], resolve: &Resolver, me: Ipv4Addr) -> Option<Vec<u8>> {
+async fn respond(m: &[u8], resolve: &Resolver, me: Ipv4Addr, from: IpAddr) -> Option<Vec<u8>> {
     let q = parse_query(m)?;
-    if let Some(ips) = resolve(q.name.trim_end_matches('.')) {
-        return Some(answer(m, &q, &ips));
-    }
-    match forward(m, me).await {
+    let servers = match resolve(q.name.trim_end_matches('.'), from) {
+        Lookup::Local(ips) => return Some(answer(m, &q, &ips)),
+        Lookup::Forward(s) => s,
+    };
+    match forward(m, servers, me).await {
         Some(a) => Some(a),
         None => Some(servfail(m, &q)),
     }
@@ -170,7 +191,7 @@ pub async fn serve(addr: Ipv4Addr, resolve: Resolver) -> std::io::Result<Vec<Joi
             let m = buf[..n].to_vec();
             let (udp, r) = (udp.clone(), r1.clone());
             tokio::spawn(async move {
-                if let Some(a) = respond(&m, &r, addr).await {
+                if let Some(a) = respond(&m, &r, addr, from.ip()).await {
                     let _ = udp.send_to(&a, from).await;
                 }
             });
@@ -178,7 +199,7 @@ pub async fn serve(addr: Ipv4Addr, resolve: Resolver) -> std::io::Result<Vec<Joi
     });
     let t = tokio::spawn(async move {
         loop {
-            let Ok((mut c, _)) = tcp.accept().await else {
+            let Ok((mut c, peer)) = tcp.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
@@ -197,7 +218,7 @@ pub async fn serve(addr: Ipv4Addr, resolve: Resolver) -> std::io::Result<Vec<Joi
                     if c.read_exact(&mut m).await.is_err() {
                         return;
                     }
-                    let Some(a) = respond(&m, &r, addr).await else {
+                    let Some(a) = respond(&m, &r, addr, peer.ip()).await else {
                         return;
                     };
                     let mut framed = (a.len() as u16).to_be_bytes().to_vec();
@@ -246,5 +267,12 @@ mod tests {
         assert!(parse_query(&m[..10]).is_none());
         let s = servfail(&m, &parse_query(&m).unwrap());
         assert_eq!(s[3] & 0x0f, 2);
+    }
+
+    #[test]
+    fn upstreams_prefer_the_containers_servers() {
+        let gw: Ipv4Addr = "10.1.0.1".parse().unwrap();
+        let ups = upstreams(vec!["127.9.9.9".parse().unwrap(), IpAddr::V4(gw)], gw);
+        assert_eq!(ups, vec!["127.9.9.9:53".parse::<SocketAddr>().unwrap()]);
     }
 }
