@@ -572,6 +572,10 @@ pub fn start(store: &StateStore, id: &str) -> Result<()> {
             }
             Ok(_) | Err(nix::Error::EAGAIN) => {
                 if !state.init_alive() {
+                    // The init may have written its byte, executed the program and
+                    // exited between our read and this check (a short-lived program):
+                    // the byte is still in the fifo then.
+                    got = matches!(nix::unistd::read(fifo.as_raw_fd(), &mut buf), Ok(1));
                     break;
                 }
                 let mut pfd = [nix::poll::PollFd::new(

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::{Message, MessageField};
@@ -93,6 +94,35 @@ struct Inner {
 #[derive(Clone)]
 pub struct TaskService {
     inner: Arc<Inner>,
+}
+
+/// How long Delete waits for a process's output to be copied out (the
+/// runc shim's bound too): output still held by a descendant that outlived
+/// the process, or a FIFO no client ever opened, must not hang Delete.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+
+/// Lets the process's output streams reach EOF before Delete replies (and
+/// the shim may exit), so no output still in flight is cut off.
+fn wait_output(io: &io::ProcessIo, what: &str) {
+    if !io.wait_output(OUTPUT_DRAIN) {
+        crate::warn!(
+            "{what}: output still open {} s after the exit; not waiting longer",
+            OUTPUT_DRAIN.as_secs()
+        );
+    }
+}
+
+/// How long an exit waits for the output the process wrote to be copied
+/// out before it is reported anyway (a destination nobody reads).
+const EXIT_DRAIN: Duration = Duration::from_secs(2);
+
+fn drain_output(d: &io::OutputDrain, pid: i32) {
+    if !d.drain(EXIT_DRAIN) {
+        crate::warn!(
+            "process {pid} exited with output not yet copied out after {} s (nobody reading?): reporting the exit",
+            EXIT_DRAIN.as_secs()
+        );
+    }
 }
 
 fn pid_file(path: &Path) -> Result<u32> {
@@ -211,10 +241,30 @@ impl TaskService {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A process of the container exited: record it and publish TaskExit.
+    /// A process of the container exited: record it and publish TaskExit,
+    /// once its output written so far has been copied out (bounded): a
+    /// client such as ctr 1.6 closes its FIFOs as soon as it has seen the
+    /// exit, so output still in the shim's pipe then would be lost.
     pub fn handle_exit(&self, pid: i32, code: u32) {
         if pid <= 0 {
             return;
+        }
+        let drain = {
+            let g = self.lock();
+            let Some(c) = g.as_ref() else { return };
+            let mut procs = std::iter::once(&c.init).chain(c.execs.values());
+            let Some(p) = procs.find(|p| p.pid == pid as u32 && p.exited().is_none()) else {
+                return;
+            };
+            p.io.as_ref().map(|io| {
+                // Stdin closed; a pty's output ends once drained.
+                io.process_exited();
+                io.drainer()
+            })
+        };
+        // Without the container lock: the copiers never need it.
+        if let Some(d) = drain {
+            drain_output(&d, pid);
         }
         let mut g = self.lock();
         let Some(c) = g.as_mut() else { return };
@@ -468,6 +518,10 @@ impl TaskService {
         e.pid = pid;
         self.inner.events.publish(&e);
         if let Some(code) = sub.try_take(pid as i32) {
+            if let Some(io) = &p.io {
+                io.process_exited();
+                drain_output(&io.drainer(), pid as i32);
+            }
             if let Some(info) = p.set_exited(code) {
                 self.publish_exit(&cid, p, info);
             }
@@ -491,6 +545,7 @@ impl TaskService {
             let p = c.execs.remove(&req.exec_id).expect("checked above");
             if let Some(io) = &p.io {
                 io.close_stdin();
+                wait_output(io, &req.exec_id);
             }
             r.pid = p.pid;
             if let Some(x) = p.exited() {
@@ -518,6 +573,9 @@ impl TaskService {
         }
         if let Some(io) = &c.init.io {
             io.close_stdin();
+            // The runtime's delete killed whatever was left: the output
+            // reaches EOF once copied.
+            wait_output(io, &c.id);
         }
         if let Some(rootfs) = &c.rootfs {
             mount::unmount_all(rootfs)?;
