@@ -579,6 +579,24 @@ fn numeric_group_add(rec: &Record) -> Record {
     r
 }
 
+/// Whether the container mounts something of its own at /dev/shm (then no
+/// IPC mode puts a tmpfs or bind there).
+fn own_dev_shm(rec: &Record) -> bool {
+    let at = |d: &str| d.trim_end_matches('/') == "/dev/shm";
+    spec::user_mounts_no_side_effects(&rec.host_config)
+        .iter()
+        .any(|m| at(m["destination"].as_str().unwrap_or("")))
+        || rec.mount_points.iter().any(|m| at(&m.destination))
+}
+
+/// Whether `p` is the root of a mount (a different device than its parent).
+fn is_mountpoint(p: &Path) -> bool {
+    match (fs::metadata(p), p.parent().map(fs::metadata)) {
+        (Ok(m), Some(Ok(parent))) => m.dev() != parent.dev(),
+        _ => false,
+    }
+}
+
 /// HostConfig options orcad does not implement yet: refused with 501 rather
 /// than ignored.
 fn check_host_config(hc: &Value) -> Result<()> {
@@ -608,20 +626,11 @@ fn check_host_config(hc: &Value) -> Result<()> {
             "HostConfig.GroupAdd must be an array of strings".into(),
         ));
     }
-    for (k, ok) in [
-        ("PidMode", ""),
-        ("IpcMode", ""),
-        ("UTSMode", ""),
-        ("UsernsMode", ""),
-        ("CgroupnsMode", ""),
-    ] {
+    // PidMode, UTSMode and IpcMode: spec::NsModes (all of dockerd's modes).
+    spec::NsModes::of(hc)?;
+    for (k, ok) in [("UsernsMode", ""), ("CgroupnsMode", "")] {
         let v = hc[k].as_str().unwrap_or("");
-        if !(v.is_empty()
-            || v == ok
-            || (k == "IpcMode" && (v == "private" || v == "shareable"))
-            || (k == "PidMode" && v.len() > "container:".len() && v.starts_with("container:"))
-            || (k == "CgroupnsMode" && v == "host"))
-        {
+        if !(v.is_empty() || v == ok || (k == "CgroupnsMode" && v == "host")) {
             return ni(&format!("HostConfig.{k} {v:?}"));
         }
     }
@@ -793,6 +802,76 @@ impl Containers {
 
     fn dir(&self, id: &str) -> PathBuf {
         self.cfg.data_root.join("containers").join(id)
+    }
+
+    /// `IpcMode shareable`: where the container's /dev/shm tmpfs is mounted
+    /// on the host (dockerd's ShmPath), from its start to its exit.
+    fn shm_dir(&self, id: &str) -> PathBuf {
+        self.dir(id).join("shm")
+    }
+
+    /// The host path that is `rec`'s /dev/shm, when others can join it:
+    /// its own shareable tmpfs, the host's /dev/shm, or (`container:<x>`)
+    /// the one it joined.
+    fn shm_source(&self, rec: &Record) -> Option<PathBuf> {
+        let mut rec = rec.clone();
+        for _ in 0..8 {
+            let mode = rec.host_config["IpcMode"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            match mode.as_str() {
+                "shareable" if !own_dev_shm(&rec) => return Some(self.shm_dir(&rec.id)),
+                "host" => return Some(PathBuf::from("/dev/shm")),
+                m => {
+                    rec = self
+                        .lookup(crate::networks::container_target(m)?)
+                        .ok()?
+                        .record()
+                }
+            }
+        }
+        None
+    }
+
+    /// Mounts the host-side tmpfs of a shareable container (`mode=1777`,
+    /// `size=ShmSize`, 64 MiB by default), unless it is already there.
+    fn mount_shm(&self, rec: &Record) -> Result<()> {
+        if rec.host_config["IpcMode"] != "shareable" || own_dev_shm(rec) {
+            return Ok(());
+        }
+        let dir = self.shm_dir(&rec.id);
+        fs::create_dir_all(&dir)?;
+        if is_mountpoint(&dir) {
+            return Ok(());
+        }
+        let size = match rec.host_config["ShmSize"].as_i64().unwrap_or(0) {
+            n if n > 0 => n,
+            _ => 64 << 20,
+        };
+        use nix::mount::MsFlags;
+        nix::mount::mount(
+            Some("shm"),
+            &dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOEXEC | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(format!("mode=1777,size={size}").as_str()),
+        )
+        .map_err(|e| EngineError::internal(format!("mounting shm tmpfs: {e}")))?;
+        debug!(id = %rec.id, dir = %dir.display(), "shareable /dev/shm mounted");
+        Ok(())
+    }
+
+    /// Undoes `mount_shm` (lazily: containers that joined keep their bind).
+    fn unmount_shm(&self, id: &str) {
+        let dir = self.shm_dir(id);
+        while is_mountpoint(&dir) {
+            if let Err(e) = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
+                warn!(id, "cannot unmount {}: {e}", dir.display());
+                return;
+            }
+        }
+        let _ = fs::remove_dir(&dir);
     }
 
     pub(crate) fn exec_dir(&self, id: &str) -> PathBuf {
@@ -1334,8 +1413,15 @@ impl Containers {
         container_log_limits(&hc)?;
 
         let id = util::random_hex(32);
+        let uts_host = hc["UTSMode"] == "host";
+        if uts_host && !config.hostname.is_empty() {
+            return Err(EngineError::BadRequest(
+                "conflicting options: hostname and the UTS mode".into(),
+            ));
+        }
         if config.hostname.is_empty() {
-            config.hostname = if hc["NetworkMode"] == "host" {
+            // The host's UTS namespace: /etc/hostname says the host's name.
+            config.hostname = if hc["NetworkMode"] == "host" || uts_host {
                 nix::unistd::gethostname()
                     .ok()
                     .and_then(|h| h.into_string().ok())
@@ -1361,6 +1447,10 @@ impl Containers {
                 }
                 if h["NetworkMode"].as_str().unwrap_or("").is_empty() {
                     h["NetworkMode"] = json!("default");
+                }
+                // dockerd's default-ipc-mode.
+                if h["IpcMode"].as_str().unwrap_or("").is_empty() {
+                    h["IpcMode"] = json!("private");
                 }
                 h
             },
@@ -1613,7 +1703,22 @@ impl Containers {
         fs::write(&rec.hostname_path, format!("{hn}\n"))?;
         self.networks.write_files(&rec)?;
         File::create(&rec.log_path)?;
-        self.save(&rec)?;
+        // The record's fsync overlaps the supervisor calls below (whose
+        // snapshot prepare fsyncs too) instead of preceding them; both are
+        // done before create answers, whatever the outcome.
+        let data = serde_json::to_vec_pretty(&rec).map_err(EngineError::internal)?;
+        let path = self.dir(&id).join("config.json");
+        let saving = tokio::task::spawn_blocking(move || util::write_atomic(&path, &data));
+        let created = self.create_in_supervisor(&rec, top_chain).await;
+        let saved = saving.await.map_err(EngineError::internal)?;
+        created?;
+        saved?;
+        Ok(())
+    }
+
+    /// The containerd container (with its spec) and its rootfs snapshot.
+    async fn create_in_supervisor(&self, rec: &Record, top_chain: &str) -> Result<()> {
+        let id = rec.id.clone();
 
         // GroupAdd names are looked up in the rootfs's /etc/group, known once
         // the snapshot exists; the snapshot is prepared after the containerd
@@ -1621,9 +1726,9 @@ impl Containers {
         // be garbage-collected), so such a spec is completed by an update.
         let names = spec::group_add_needs_names(&rec.host_config);
         let spec = if names {
-            self.build_spec(&numeric_group_add(&rec), None)?
+            self.build_spec(&numeric_group_add(rec), None)?
         } else {
-            self.build_spec(&rec, None)?
+            self.build_spec(rec, None)?
         };
         let container = ctrs::Container {
             id: id.clone(),
@@ -1667,7 +1772,7 @@ impl Containers {
                 tokio::task::spawn_blocking(move || spec::read_etc_group(&rootfs, &scratch))
                     .await
                     .map_err(EngineError::internal)??;
-            let spec = self.build_spec(&rec, etc_group.as_deref())?;
+            let spec = self.build_spec(rec, etc_group.as_deref())?;
             let container = ctrs::Container {
                 id: id.clone(),
                 spec: Some(prost_types::Any {
@@ -1725,6 +1830,11 @@ impl Containers {
             host: &host,
             volume_mounts: &rec.mount_points.iter().map(|m| m.oci()).collect::<Vec<_>>(),
             etc_group,
+            shm_path: &if rec.host_config["IpcMode"] == "shareable" && !own_dev_shm(rec) {
+                self.shm_dir(&rec.id).display().to_string()
+            } else {
+                String::new()
+            },
         })
     }
 
@@ -1762,6 +1872,18 @@ impl Containers {
     }
 
     async fn start_locked(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<()> {
+        let res = self.start_locked_inner(entry).await;
+        if res
+            .as_ref()
+            .is_err_and(|e| !matches!(e, EngineError::NotModified))
+        {
+            // A shareable /dev/shm mounted for this start goes with it.
+            self.unmount_shm(&entry.record().id);
+        }
+        res
+    }
+
+    async fn start_locked_inner(self: &Arc<Self>, entry: &Arc<Entry>) -> Result<()> {
         let rec = entry.record();
         if rec.state.running {
             return Err(EngineError::NotModified);
@@ -1779,6 +1901,7 @@ impl Containers {
             }
         }
         self.prepare_sharing(entry).await?;
+        self.mount_shm(&rec)?;
         // A leftover task from a previous run (a container that never
         // started has none: its task is deleted when create or start fails).
         if rec.state.started_at != util::ZERO_TIME {
@@ -1973,13 +2096,21 @@ impl Containers {
             crate::networks::container_target(hc["NetworkMode"].as_str().unwrap_or("")).is_some();
         let shares_pid =
             crate::networks::container_target(hc["PidMode"].as_str().unwrap_or("")).is_some();
+        let shares_ipc =
+            crate::networks::container_target(hc["IpcMode"].as_str().unwrap_or("")).is_some();
         let has_links = !spec::str_list(&hc["Links"]).is_empty();
-        if !(shares_net || shares_pid || has_links) {
+        if hc["IpcMode"] == "host" && !Path::new("/dev/shm").is_dir() {
+            return Err(EngineError::internal(
+                "/dev/shm is not mounted, but must be for --ipc=host",
+            ));
+        }
+        if !(shares_net || shares_pid || shares_ipc || has_links) {
             return Ok(());
         }
         let lookup = |k: &str| self.lookup(k).map(|e| e.record());
         let net = crate::networks::net_target(&rec, &lookup)?;
         let pid = crate::networks::pid_target(&rec, &lookup)?;
+        let ipc = crate::networks::ipc_target(&rec, &lookup, &|r| self.shm_source(r))?;
         let bridge_id = self.networks.default_bridge().map(|n| n.id);
         let links = crate::networks::legacy_links(&rec, bridge_id.as_deref(), &lookup)?;
         let bid = bridge_id.unwrap_or_default();
@@ -2014,6 +2145,10 @@ impl Containers {
         let mut spec: Value = serde_json::from_slice(&c.spec.map(|a| a.value).unwrap_or_default())
             .map_err(|e| EngineError::internal(format!("container spec: {e}")))?;
         crate::networks::patch_spec(&mut spec, net.as_ref(), pid.as_ref(), env);
+        if let Some((t, shm)) = &ipc {
+            let own = own_dev_shm(&rec);
+            crate::networks::patch_ipc(&mut spec, t.state.pid, (!own).then_some(shm.as_path()));
+        }
         let container = ctrs::Container {
             id: rec.id.clone(),
             spec: Some(prost_types::Any {
@@ -2227,6 +2362,7 @@ impl Containers {
             self.volumes.unmount_events(&id, &rec.mount_points);
             self.release_volumes(&rec);
         }
+        self.unmount_shm(&id);
         entry.events.send_modify(|e| {
             e.exits += 1;
             e.exit_code = code;
@@ -2556,7 +2692,7 @@ impl Containers {
     }
 
     async fn cleanup_resources(&self, id: &str) -> Result<()> {
-        let _ = self.delete_task(&id).await;
+        let _ = self.delete_task(id).await;
         match self
             .ctrd
             .containers()
@@ -2583,6 +2719,7 @@ impl Containers {
             Err(s) if s.code() == tonic::Code::NotFound => {}
             Err(s) => return Err(EngineError::grpc("remove rootfs snapshot", s)),
         }
+        self.unmount_shm(id);
         let _ = fs::remove_dir_all(self.exec_dir(id));
         let _ = fs::remove_dir_all(self.dir(id));
         Ok(())

@@ -1632,6 +1632,70 @@ pub fn pid_target(rec: &Record, lookup: &dyn Fn(&str) -> Result<Record>) -> Resu
     Ok(Some(nc))
 }
 
+/// The running container whose IPC namespace `rec` joins (`IpcMode
+/// container:<x>`) with the host path of its /dev/shm (`shm_of`: a
+/// shareable, `host` or itself joining container's; `None`: not
+/// shareable), with dockerd's errors.
+pub fn ipc_target(
+    rec: &Record,
+    lookup: &dyn Fn(&str) -> Result<Record>,
+    shm_of: &dyn Fn(&Record) -> Option<std::path::PathBuf>,
+) -> Result<Option<(Record, std::path::PathBuf)>> {
+    let Some(t) = container_target(rec.host_config["IpcMode"].as_str().unwrap_or("")) else {
+        return Ok(None);
+    };
+    let nc = lookup(t).map_err(|e| match e {
+        EngineError::NotFound(m) => {
+            EngineError::NotFound(format!("can't join IPC of container {t}: {m}"))
+        }
+        e => e,
+    })?;
+    if nc.id == rec.id {
+        return Err(EngineError::BadRequest(
+            "cannot join own IPC namespace".into(),
+        ));
+    }
+    running_target(&nc, t, "IPC")?;
+    let Some(shm) = shm_of(&nc).filter(|p| p.is_dir()) else {
+        return Err(EngineError::BadRequest(format!(
+            "can't join IPC of container {t}: non-shareable IPC \
+             (hint: use IpcMode:shareable for the donor container)"
+        )));
+    };
+    Ok(Some((nc, shm)))
+}
+
+/// `IpcMode container:<x>`: the target's IPC namespace and (`None` when the
+/// container mounts its own /dev/shm) its /dev/shm.
+pub fn patch_ipc(spec: &mut Value, target_pid: u32, shm: Option<&std::path::Path>) {
+    if !spec["linux"]["namespaces"].is_array() {
+        spec["linux"]["namespaces"] = json!([]);
+    }
+    let path = format!("/proc/{target_pid}/ns/ipc");
+    if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+        match ns.iter_mut().find(|n| n["type"] == "ipc") {
+            Some(n) => n["path"] = json!(path),
+            None => ns.push(json!({"type": "ipc", "path": path})),
+        }
+    }
+    let Some(shm) = shm else {
+        return;
+    };
+    let bind = json!({
+        "destination": "/dev/shm", "type": "bind",
+        "source": shm.display().to_string(), "options": ["rbind", "rprivate"],
+    });
+    if !spec["mounts"].is_array() {
+        spec["mounts"] = json!([]);
+    }
+    if let Some(ms) = spec["mounts"].as_array_mut() {
+        match ms.iter_mut().find(|m| m["destination"] == "/dev/shm") {
+            Some(m) => *m = bind,
+            None => ms.push(bind),
+        }
+    }
+}
+
 fn running_target(nc: &Record, key: &str, what: &str) -> Result<()> {
     if nc.state.restarting {
         return Err(EngineError::Conflict(format!(

@@ -67,6 +67,8 @@ pub struct SpecInput<'a> {
     pub volume_mounts: &'a [Value],
     /// The container's /etc/group (for `GroupAdd` names); `None`: it has none.
     pub etc_group: Option<&'a str>,
+    /// `IpcMode shareable`: the host-side tmpfs bind-mounted at /dev/shm.
+    pub shm_path: &'a str,
 }
 
 /// Parses a numeric `uid[:gid]` ("" and "root" are 0:0).
@@ -1111,6 +1113,28 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
         ),
         mount("/etc/hosts", "bind", i.hosts_path, &["rbind", "rprivate"]),
     ];
+    let modes = NsModes::of(hc)?;
+    match modes.ipc {
+        // No /dev/shm at all.
+        "none" => mounts.retain(|m| m["destination"] != "/dev/shm"),
+        // The host's /dev/shm, or the host-side tmpfs others can join.
+        "host" | "shareable" => {
+            let src = if modes.ipc == "host" {
+                "/dev/shm"
+            } else {
+                i.shm_path
+            };
+            if !src.is_empty() {
+                for m in mounts.iter_mut() {
+                    if m["destination"] == "/dev/shm" {
+                        *m = bind_mount(src, "/dev/shm", false, "rprivate", true);
+                    }
+                }
+            }
+        }
+        // private, and `container:<x>` until its start binds the target's.
+        _ => {}
+    }
     // User mounts replace default mounts at the same destination.
     let mut user = user_mounts(hc)?;
     for v in i.volume_mounts {
@@ -1207,10 +1231,19 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
     if !gids.is_empty() {
         spec["process"]["user"]["additionalGids"] = json!(gids);
     }
-    // `--network host`: no network namespace (the host's is shared).
-    if hc["NetworkMode"] == "host" {
-        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
-            ns.retain(|n| n["type"] != "network");
+    // `--network host`: no network namespace (the host's is shared); the
+    // same for `--pid host`, `--uts host` (no hostname then) and `--ipc host`.
+    if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+        ns.retain(|n| {
+            !((n["type"] == "network" && hc["NetworkMode"] == "host")
+                || (n["type"] == "pid" && modes.pid == "host")
+                || (n["type"] == "uts" && modes.uts == "host")
+                || (n["type"] == "ipc" && modes.ipc == "host"))
+        });
+    }
+    if modes.uts == "host" {
+        if let Some(o) = spec.as_object_mut() {
+            o.remove("hostname");
         }
     }
     let rl = rlimits(&hc["Ulimits"])?;
@@ -1225,6 +1258,60 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
         add_init(&mut spec)?;
     }
     Ok(spec)
+}
+
+/// `HostConfig.PidMode`, `UTSMode` and `IpcMode`, checked as dockerd does
+/// (`container:` targets are resolved at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NsModes<'a> {
+    /// "", "host" or "container:<x>".
+    pub pid: &'a str,
+    /// "" or "host".
+    pub uts: &'a str,
+    /// "" (= private), "private", "shareable", "host", "none" or "container:<x>".
+    pub ipc: &'a str,
+}
+
+impl<'a> NsModes<'a> {
+    pub fn of(hc: &'a Value) -> Result<Self> {
+        let get = |k: &str| -> Result<&'a str> {
+            match &hc[k] {
+                Value::Null => Ok(""),
+                Value::String(s) => Ok(s.as_str()),
+                _ => Err(EngineError::BadRequest(format!(
+                    "HostConfig.{k} must be a string"
+                ))),
+            }
+        };
+        let container = |v: &str| v.strip_prefix("container:").is_some_and(|t| !t.is_empty());
+        let m = NsModes {
+            pid: get("PidMode")?,
+            uts: get("UTSMode")?,
+            ipc: get("IpcMode")?,
+        };
+        if !(m.ipc.is_empty()
+            || ["private", "shareable", "host", "none"].contains(&m.ipc)
+            || container(m.ipc))
+        {
+            return Err(EngineError::BadRequest(format!(
+                "invalid IPC mode: {}",
+                m.ipc
+            )));
+        }
+        if !(m.pid.is_empty() || m.pid == "host" || container(m.pid)) {
+            return Err(EngineError::BadRequest(format!(
+                "invalid PID mode: {}",
+                m.pid
+            )));
+        }
+        if !(m.uts.is_empty() || m.uts == "host") {
+            return Err(EngineError::BadRequest(format!(
+                "invalid UTS mode: {}",
+                m.uts
+            )));
+        }
+        Ok(m)
+    }
 }
 
 /// Where Docker puts its init inside the container.
@@ -1292,15 +1379,20 @@ fn sysctls(hc: &Value) -> Result<serde_json::Map<String, Value>> {
         "kernel.shm_rmid_forced",
     ];
     let host_net = hc["NetworkMode"] == "host";
+    let host_ipc = hc["IpcMode"] == "host";
     for (k, v) in m {
         let Some(v) = v.as_str() else {
             return Err(EngineError::BadRequest(format!(
                 "HostConfig.Sysctls: the value of {k:?} must be a string"
             )));
         };
-        let allowed = IPC.contains(&k.as_str())
-            || k.starts_with("fs.mqueue.")
-            || (k.starts_with("net.") && !host_net);
+        let ipc_key = IPC.contains(&k.as_str()) || k.starts_with("fs.mqueue.");
+        if ipc_key && host_ipc {
+            return Err(EngineError::BadRequest(format!(
+                "sysctl {k:?} not allowed in host IPC namespace"
+            )));
+        }
+        let allowed = ipc_key || (k.starts_with("net.") && !host_net);
         if !allowed {
             return Err(EngineError::BadRequest(if k.starts_with("net.") {
                 format!("sysctl {k:?} not allowed in host network namespace")

@@ -144,7 +144,7 @@ fn engine_rejects_bad_input_with_docker_errors() {
         .http(
             "POST",
             "/v1.44/containers/create",
-            Some(br#"{"Image":"busybox","HostConfig":{"IpcMode":"container:other"}}"#),
+            Some(br#"{"Image":"busybox","HostConfig":{"CgroupnsMode":"private"}}"#),
         )
         .unwrap();
     assert_eq!(code, 501, "{}", String::from_utf8_lossy(&body));
