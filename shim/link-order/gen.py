@@ -67,8 +67,10 @@ def sections(map_path):
 
 def wildcard(sym):
     """A mangled Rust name with its build-dependent hashes made globs."""
-    # LTO-promoted locals get a `.llvm.<number>` suffix that changes too
-    sym = re.sub(r'\.llvm\.[0-9]+$', '.llvm.*', sym)
+    # LTO-promoted locals get a `.llvm.<number>` suffix; whether a function
+    # gets one changes from build to build, so it is dropped here and
+    # pattern() matches the name with and without it
+    sym = re.sub(r'\.llvm\.[0-9]+$', '', sym)
     sym = re.sub(r'17h[0-9a-f]{16}E', '17h*E', sym)
     if sym.startswith('_R'):
         # crate disambiguators and back-references (offsets into the name,
@@ -85,7 +87,8 @@ def pattern(file, name):
             sym = name[len(prefix):]
             if sym.startswith(('_ZN', '_R')):
                 # `.text.*` also covers an `unlikely.` prefix LTO may add or drop
-                return '*(.text.*' + wildcard(sym) + ')'
+                w = wildcard(sym)
+                return '*(.text.*' + w + ' .text.*' + w + '.llvm.*)'
             break
     base = file.rsplit('/', 1)[-1]
     if base.endswith('.rcgu.o'):
