@@ -84,6 +84,22 @@ impl ContentStore {
     }
 
     /// The record of a blob in a namespace.
+    /// True when `digest` is already in namespace `ns`; it then joins
+    /// `lease` (as containerd's metadata store does for a write of existing
+    /// content), in the same transaction, so GC cannot take it meanwhile.
+    pub fn lease_if_exists(&self, ns: &str, digest: &str, lease: Option<&str>) -> Result<bool> {
+        if self.meta.get(Kind::Content, ns, digest)?.is_none() {
+            return Ok(false);
+        }
+        self.meta.update(|tx| {
+            if !tx.exists(Kind::Content, ns, digest)? {
+                return Ok(false);
+            }
+            tx.add_to_lease(ns, lease, "content", digest)?;
+            Ok(true)
+        })
+    }
+
     pub fn info(&self, ns: &str, digest: &str) -> Result<Info> {
         sha256_hex(digest)?;
         self.meta
@@ -358,7 +374,7 @@ impl ContentStore {
         }
         if !expected.is_empty() {
             sha256_hex(expected)?;
-            if self.meta.get(Kind::Content, ns, expected)?.is_some() {
+            if self.lease_if_exists(ns, expected, lease)? {
                 return Err(Error::AlreadyExists(format!("content {expected}")));
             }
             if self.adopt_existing(ns, expected, &HashMap::new(), lease)? {
@@ -586,7 +602,9 @@ impl IngestWriter {
             .blob_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if self.store.meta.get(Kind::Content, &ns, &actual)?.is_some() {
+        // As containerd: existing content still joins this writer's lease,
+        // so the caller can rely on it staying.
+        if self.store.lease_if_exists(&ns, &actual, lease.as_deref())? {
             return Err(Error::AlreadyExists(format!("content {actual}")));
         }
         let data = self.dir.join("data");
@@ -597,9 +615,11 @@ impl IngestWriter {
             fs::rename(&data, &blob)
                 .ctx(|| format!("rename {} to {}", data.display(), blob.display()))?;
         }
+        let mut existed = false;
         self.store.meta.update(|tx| {
             if tx.exists(Kind::Content, &ns, &actual)? {
-                return Err(Error::AlreadyExists(format!("content {actual}")));
+                existed = true;
+                return tx.add_to_lease(&ns, lease.as_deref(), "content", &actual);
             }
             tx.ensure_namespace(&ns)?;
             let t = now();
@@ -619,6 +639,9 @@ impl IngestWriter {
             }
             tx.add_to_lease(&ns, lease.as_deref(), "content", &actual)
         })?;
+        if existed {
+            return Err(Error::AlreadyExists(format!("content {actual}")));
+        }
         let _ = fs::remove_dir_all(&self.dir);
         Ok(actual)
     }
@@ -662,6 +685,52 @@ mod tests {
         let mut h = Sha256::new();
         h.update(data);
         digest_string(h)
+    }
+
+    /// A write of content that is already there still puts it in the
+    /// writer's lease (containerd does the same): otherwise a client whose
+    /// lease was meant to hold it (ctr's `snapshots diff` reading the diff it
+    /// asked for) can see it collected once the first owner lets go.
+    #[test]
+    fn existing_content_joins_the_writers_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Arc::new(MetadataStore::open(dir.path()).unwrap());
+        let cs = ContentStore::open(dir.path(), meta.clone()).unwrap();
+        let data = b"layer bytes";
+        let d = sha(data);
+        let mut w = cs.writer("ns", "first", 0, "", None).unwrap();
+        w.write(data).unwrap();
+        w.commit(0, &d, HashMap::new()).unwrap();
+        drop(w);
+        meta.update(|tx| {
+            tx.ensure_namespace("ns")?;
+            tx.put(Kind::Lease, "ns", "l1", b"")?;
+            tx.put(Kind::Lease, "ns", "l2", b"")
+        })
+        .unwrap();
+        let held = |lease: &str| {
+            meta.get(
+                Kind::LeaseResource,
+                "ns",
+                &format!("{lease}\x01content\x01{d}"),
+            )
+            .unwrap()
+            .is_some()
+        };
+        // By expected digest at open (ctr's write of a known blob)...
+        assert!(matches!(
+            cs.writer("ns", "second", 0, &d, Some("l1")),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(held("l1"));
+        // ...and by commit of the same bytes (a diff producing a known layer).
+        let mut w = cs.writer("ns", "third", 0, "", Some("l2")).unwrap();
+        w.write(data).unwrap();
+        assert!(matches!(
+            w.commit(0, &d, HashMap::new()),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(held("l2"));
     }
 
     #[test]

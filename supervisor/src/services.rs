@@ -1109,7 +1109,7 @@ async fn write_session(
         };
         if !req.expected.is_empty() {
             expected = req.expected.clone();
-            if core.content.info(ns, &req.expected).is_ok() {
+            if core.content.lease_if_exists(ns, &req.expected, lease)? {
                 drop(w);
                 let _ = core.content.abort(ns, &req.r#ref);
                 return Err(Status::already_exists(format!(
