@@ -146,6 +146,18 @@ impl Orcad {
     }
 
     /// Stops orcad now (SIGTERM: a clean shutdown, up to 30 s).
+    /// `docker rm -f` of every container this orcad has (test clean-up;
+    /// errors ignored: the daemon may already be failing).
+    pub fn remove_all_containers(&self, limit: Duration) {
+        let ids = stdout(&self.docker(&["ps", "-aq"], limit));
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = self.docker(&args, limit);
+        }
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             terminate(&mut c, Duration::from_secs(30));

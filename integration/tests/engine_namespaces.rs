@@ -9,7 +9,6 @@
 //! behind after `rm -f`.
 
 use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
 use orca_integration::engine_support::{orcad_with_busybox, Orcad};
@@ -18,13 +17,7 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
 
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use orca_integration::engine_support::{stderr as err, stdout as out};
 
 struct Env {
     o: Orcad,
@@ -35,13 +28,7 @@ struct Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let ids = out(&self.o.docker(&["ps", "-aq"], T));
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            let _ = self.o.docker(&args, T);
-        }
+        self.o.remove_all_containers(T);
         self.o.stop();
     }
 }

@@ -19,13 +19,7 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
 
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use orca_integration::engine_support::{stderr as err, stdout as out};
 
 /// containerd, a networking orcad (own bridge/bip/chains/pool, published
 /// ports on 127.0.0.1), the registry with busybox pulled. Returns the
@@ -43,13 +37,7 @@ impl Drop for Net {
     /// Also on a failed test: containers and networks go, then orcad stops
     /// cleanly (its bridges and chains go with it).
     fn drop(&mut self) {
-        let ids = out(&self.o.docker(&["ps", "-aq"], T));
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids);
-            let _ = self.o.docker(&args, T);
-        }
+        self.o.remove_all_containers(T);
         let _ = self.o.docker(&["network", "prune", "-f"], T);
         self.o.stop();
     }
