@@ -361,6 +361,58 @@ pub fn stderr(o: &Output) -> String {
 
 /// Debian's containerd 1.6, orcad on it, the local registry with busybox,
 /// and that image pulled through orcad: the usual docker-CLI test set-up.
+
+/// containerd, a networking orcad (its own default bridge, bip, address pool
+/// and iptables chain prefix `<prefix>XXXXXX`, published ports on
+/// 127.0.0.1) and the local registry with busybox pulled. Dropped — also
+/// after a failed test — it removes containers and networks, then stops
+/// orcad cleanly, which removes its bridges and chains.
+pub struct NetworkedOrcad {
+    pub o: Orcad,
+    _reg: crate::Registry,
+    _c: Containerd,
+    pub image: String,
+    /// The default bridge's name.
+    pub bridge: String,
+    /// The `--iptables-chain` prefix.
+    pub chain: String,
+}
+
+impl NetworkedOrcad {
+    #[track_caller]
+    pub fn start(chain_prefix: &str, limit: Duration) -> NetworkedOrcad {
+        crate::require_root();
+        crate::util::require_tool(DOCKER_CLI);
+        crate::util::require_tool("iptables");
+        crate::util::require_tool("ip");
+        let c = Containerd::start();
+        let b = bridge_args();
+        let chain = format!("{chain_prefix}{:06X}", net_token() & 0xff_ffff);
+        let mut args: Vec<&str> = b.iter().map(String::as_str).collect();
+        args.extend(["--ip", "127.0.0.1", "--iptables-chain", &chain]);
+        let o = Orcad::start_with(&c.socket(), &args);
+        let (reg, image) = crate::Registry::with_busybox();
+        o.docker_ok(&["pull", &image], limit);
+        NetworkedOrcad {
+            o,
+            _reg: reg,
+            _c: c,
+            image,
+            bridge: b[1].clone(),
+            chain,
+        }
+    }
+}
+
+impl Drop for NetworkedOrcad {
+    fn drop(&mut self) {
+        let limit = Duration::from_secs(120);
+        self.o.remove_all_containers(limit);
+        let _ = self.o.docker(&["network", "prune", "-f"], limit);
+        self.o.stop();
+    }
+}
+
 /// Returns the image reference too.
 pub fn orcad_with_busybox(limit: Duration) -> (Containerd, Orcad, crate::Registry, String) {
     crate::require_root();

@@ -10,7 +10,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use orca_integration::engine_support::{bridge_args, Orcad, DOCKER_CLI};
+use orca_integration::engine_support::{bridge_args, NetworkedOrcad, Orcad, DOCKER_CLI};
 use orca_integration::{
     free_port, http_get, require_root, require_tool, run_with_limit, unique_name, wait_until,
     Containerd, Registry,
@@ -21,49 +21,10 @@ const T: Duration = Duration::from_secs(120);
 
 use orca_integration::engine_support::{stderr as err, stdout as out};
 
-/// containerd, a networking orcad (own bridge/bip/chains/pool, published
-/// ports on 127.0.0.1), the registry with busybox pulled. Returns the
-/// bridge name and the chain prefix too.
-struct Net {
-    o: Orcad,
-    _reg: Registry,
-    _c: Containerd,
-    image: String,
-    bridge: String,
-    chain: String,
-}
-
-impl Drop for Net {
-    /// Also on a failed test: containers and networks go, then orcad stops
-    /// cleanly (its bridges and chains go with it).
-    fn drop(&mut self) {
-        self.o.remove_all_containers(T);
-        let _ = self.o.docker(&["network", "prune", "-f"], T);
-        self.o.stop();
-    }
-}
+type Net = NetworkedOrcad;
 
 fn setup() -> Net {
-    require_root();
-    require_tool(DOCKER_CLI);
-    require_tool("iptables");
-    require_tool("ip");
-    let c = Containerd::start();
-    let b = bridge_args();
-    let chain = format!("ON{}", &unique_hex()[..6]);
-    let mut args: Vec<&str> = b.iter().map(String::as_str).collect();
-    args.extend(["--ip", "127.0.0.1", "--iptables-chain", &chain]);
-    let o = Orcad::start_with(&c.socket(), &args);
-    let (reg, image) = Registry::with_busybox();
-    o.docker_ok(&["pull", &image], T);
-    Net {
-        o,
-        _reg: reg,
-        _c: c,
-        image,
-        bridge: b[1].clone(),
-        chain,
-    }
+    NetworkedOrcad::start("ON", T)
 }
 
 fn unique_hex() -> String {

@@ -14,53 +14,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orca_integration::engine_support::{bridge_args, Orcad, DOCKER_CLI};
-use orca_integration::{require_root, require_tool, unique_name, wait_until, Containerd, Registry};
+use orca_integration::engine_support::{NetworkedOrcad, Orcad};
+use orca_integration::{unique_name, wait_until};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
 
 use orca_integration::engine_support::{stderr as err, stdout as out};
 
-/// containerd, an orcad with its own default bridge, bip, pool and chain
-/// prefix, the registry with busybox pulled.
-struct Net {
-    o: Orcad,
-    _reg: Registry,
-    _c: Containerd,
-    image: String,
-    chain: String,
-}
-
-impl Drop for Net {
-    /// Also on a failed test: containers and networks go, then orcad stops
-    /// cleanly (its bridges and chains go with it).
-    fn drop(&mut self) {
-        self.o.remove_all_containers(T);
-        let _ = self.o.docker(&["network", "prune", "-f"], T);
-        self.o.stop();
-    }
-}
+type Net = NetworkedOrcad;
 
 fn setup() -> Net {
-    require_root();
-    require_tool(DOCKER_CLI);
-    require_tool("iptables");
-    let c = Containerd::start();
-    let b = bridge_args();
-    let chain = format!("OM{:06X}", token() & 0xff_ffff);
-    let mut args: Vec<&str> = b.iter().map(String::as_str).collect();
-    args.extend(["--ip", "127.0.0.1", "--iptables-chain", &chain]);
-    let o = Orcad::start_with(&c.socket(), &args);
-    let (reg, image) = Registry::with_busybox();
-    o.docker_ok(&["pull", &image], T);
-    Net {
-        o,
-        _reg: reg,
-        _c: c,
-        image,
-        chain,
-    }
+    NetworkedOrcad::start("OM", T)
 }
 
 fn token() -> u64 {
