@@ -557,6 +557,14 @@ fn orca(o: &Orcad, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("orca {args:?}: {e}\n--- orcad log ---\n{}", o.log()))
 }
 
+/// `orca args` fails, saying `needle` on stderr.
+#[track_caller]
+fn orca_refused(o: &Orcad, args: &[&str], needle: &str) {
+    let out = orca(o, args);
+    assert!(!out.status.success(), "orca {args:?} succeeded");
+    assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+}
+
 #[test]
 fn orca_cli_device_group_and_host_gateway_flags() {
     let (_c, o, _reg, image) = orcad_pulled(&["--host-gateway-ip", "192.0.2.9"]);
@@ -591,7 +599,7 @@ fn orca_cli_device_group_and_host_gateway_flags() {
     assert!(s.lines().any(|l| l == "192.0.2.9\th"), "{s}");
 
     // Bad flags are refused by the CLI before any request.
-    let out = orca(
+    orca_refused(
         &o,
         &[
             "run",
@@ -601,14 +609,9 @@ fn orca_cli_device_group_and_host_gateway_flags() {
             &image,
             "true",
         ],
+        "bad mode specified: rwx",
     );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("bad mode specified: rwx"),
-        "{}",
-        stderr(&out)
-    );
-    let out = orca(
+    orca_refused(
         &o,
         &[
             "run",
@@ -618,16 +621,11 @@ fn orca_cli_device_group_and_host_gateway_flags() {
             &image,
             "true",
         ],
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("invalid device cgroup format"),
-        "{}",
-        stderr(&out)
+        "invalid device cgroup format",
     );
 
     // The daemon's error for a missing device, nothing left behind.
-    let out = orca(
+    orca_refused(
         &o,
         &[
             "run",
@@ -637,12 +635,7 @@ fn orca_cli_device_group_and_host_gateway_flags() {
             &image,
             "true",
         ],
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("error gathering device information while adding custom device"),
-        "{}",
-        stderr(&out)
+        "error gathering device information while adding custom device",
     );
     assert_eq!(all_names(&o), "");
 }
