@@ -509,6 +509,22 @@ fn ps(store: &StateStore, id: &str, format: &str, ps_args: &[String]) -> Result<
     Ok(0)
 }
 
+/// The name of `uid` from the host's /etc/passwd, read directly as runc's `list` does: the
+/// binary is linked statically, so glibc's NSS lookups are not used.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd_name(&passwd, uid)
+}
+
+fn passwd_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        let name = f.next()?;
+        let id: u32 = f.nth(1)?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
+}
+
 fn list(store: &StateStore, format: &str, quiet: bool) -> Result<i32> {
     let mut reports = Vec::new();
     for id in store.list()? {
@@ -518,11 +534,7 @@ fn list(store: &StateStore, format: &str, quiet: bool) -> Result<i32> {
             // (`state` leaves it empty).
             if let Ok(md) = std::fs::metadata(store.dir(&id)) {
                 let uid = std::os::unix::fs::MetadataExt::uid(&md);
-                r.owner = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-                    .unwrap_or_else(|| format!("#{uid}"));
+                r.owner = user_name(uid).unwrap_or_else(|| format!("#{uid}"));
             }
             reports.push(r);
         }
@@ -800,6 +812,15 @@ fn events(store: &StateStore, id: &str, once: bool, interval: &str) -> Result<i3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_names_come_from_passwd_lines() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# comment\nbroken\n\
+                      daemon:x:1:1::/usr/sbin:/usr/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(passwd_name(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(passwd_name(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(passwd_name(passwd, 4242), None);
+    }
 
     #[test]
     fn sizes_and_durations() {
