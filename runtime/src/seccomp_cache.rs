@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::seccomp::{SeccompError, SeccompProgram};
 
 /// Bumped whenever the meaning of a cached file changes.
-const CACHE_FORMAT: &str = "orca-seccomp-bpf-v1";
+const CACHE_FORMAT: &str = "orca-seccomp-bpf-v2";
 /// The kernel's BPF_MAXINSNS.
 const MAX_INSNS: usize = 4096;
 /// Entries kept before the directory is emptied (profiles are few; this only bounds a

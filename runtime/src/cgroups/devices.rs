@@ -187,12 +187,35 @@ pub fn full_rule_list(spec_rules: &[LinuxDeviceCgroup]) -> Result<Vec<DeviceRule
     Ok(rules)
 }
 
-/// cgroup v1: write the rules in order.
+/// cgroup v1: bring the controller to the state the rules describe, writing the default and
+/// then one entry per exception — the same end state as writing every rule in order (see
+/// [`emulate`]), in about half the writes for Docker's list, whose entries repeat the defaults.
 pub fn apply_v1(dir: &Path, rules: &[DeviceRule]) -> Result<(), CgroupError> {
-    for r in rules {
+    for r in minimal_v1(rules) {
         files::write(dir, r.v1_file(), &r.v1_string())?;
     }
     Ok(())
+}
+
+/// The shortest write sequence reaching [`emulate`]`(rules)`: a type-`a` rule setting the
+/// default, then the exceptions in the order they arose.
+pub fn minimal_v1(rules: &[DeviceRule]) -> Vec<DeviceRule> {
+    let st = emulate(rules);
+    let mut out = vec![DeviceRule {
+        allow: st.default_allow,
+        typ: DevType::All,
+        major: None,
+        minor: None,
+        access: ACC_ALL,
+    }];
+    out.extend(st.exceptions.iter().map(|e| DeviceRule {
+        allow: !st.default_allow,
+        typ: e.typ,
+        major: e.major,
+        minor: e.minor,
+        access: e.access,
+    }));
+    out
 }
 
 /// One exception of the v1 model (type is never `All`).
@@ -619,6 +642,55 @@ mod tests {
         assert!(s.iter().any(|x| x.0 == "c 10:200 rwm"));
         assert!(!s.iter().any(|x| x.0 == "c 5:1 rwm"));
         assert_eq!(l.len(), 3 + DEFAULT_ALLOWED.len());
+    }
+
+    #[test]
+    fn the_minimal_v1_sequence_reaches_the_same_state_without_repeats() {
+        // Docker's spec: deny all, then its own allow list, which the runtime's defaults repeat.
+        let docker: Vec<LinuxDeviceCgroup> = [
+            (false, None, None, None, "rwm"),
+            (true, Some(LinuxDeviceType::C), None, None, "m"),
+            (true, Some(LinuxDeviceType::B), None, None, "m"),
+            (true, Some(LinuxDeviceType::C), Some(1), Some(3), "rwm"),
+            (true, Some(LinuxDeviceType::C), Some(136), None, "rwm"),
+            (true, Some(LinuxDeviceType::C), Some(10), Some(200), "rwm"),
+            (true, Some(LinuxDeviceType::C), Some(4), Some(1), "rwm"),
+            (false, Some(LinuxDeviceType::C), Some(4), Some(1), "w"),
+        ]
+        .into_iter()
+        .map(|(allow, typ, major, minor, access)| {
+            let mut b = LinuxDeviceCgroupBuilder::default()
+                .allow(allow)
+                .access(access);
+            if let Some(t) = typ {
+                b = b.typ(t);
+            }
+            if let Some(m) = major {
+                b = b.major(m);
+            }
+            if let Some(m) = minor {
+                b = b.minor(m);
+            }
+            b.build().unwrap()
+        })
+        .collect();
+        let full = full_rule_list(&docker).unwrap();
+        let min = minimal_v1(&full);
+        assert_eq!(emulate(&min), emulate(&full));
+        assert!(min.len() < full.len(), "{} !< {}", min.len(), full.len());
+        let strings: Vec<String> = min.iter().map(|r| r.v1_string()).collect();
+        let mut unique = strings.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), strings.len(), "{strings:?}");
+        assert_eq!(strings[0], "a");
+        assert_eq!(min[0].v1_file(), "devices.deny");
+        // 4:1 lost its `w` through the later deny.
+        assert!(strings.contains(&"c 4:1 rm".to_string()), "{strings:?}");
+        // An allow-all result is one write.
+        let open = minimal_v1(&[rule(true, DevType::All, None, None, "rwm")]);
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].v1_file(), "devices.allow");
     }
 
     #[test]
