@@ -240,22 +240,11 @@ impl Publisher {
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
+            // The connection stays open for the next event: it costs this
+            // thread nothing while idle (a blocking socket, no poller), and
+            // a daemon that went away makes the next send fail and reconnect.
             self.delivered();
-            // Idle: no connection kept (a ttrpc client would keep a thread
-            // polling it every 10 ms); the next event reconnects.
-            if self.is_empty() {
-                conn = None;
-            }
         }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.inner
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .events
-            .is_empty()
     }
 }
 

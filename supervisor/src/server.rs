@@ -207,7 +207,7 @@ pub async fn serve(
         .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
     gc_loop.abort();
     core.shims.shutdown_all();
-    ttrpc_server.shutdown();
+    ttrpc_server.abort();
     let _ = std::fs::remove_file(&cfg.address);
     let _ = std::fs::remove_file(&cfg.ttrpc_address);
     result
