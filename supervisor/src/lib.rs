@@ -39,6 +39,7 @@ pub mod tasks;
 pub mod transfer;
 pub mod transfer_registry;
 pub mod transfer_remote;
+pub mod trash;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -24,6 +24,7 @@ use orca_proto::containers::Container;
 use orca_proto::types::Mount;
 
 use crate::error::{Error, IoContext, Result};
+use crate::trash::Trash;
 
 /// Converts between a rust-protobuf message (shim side) and a prost message
 /// (gRPC side) of the same protobuf type, through its encoding.
@@ -201,6 +202,8 @@ fn reconnect(id: &str, address: &str) -> Result<(TaskClient, u32)> {
 /// Starts, tracks and stops shims.
 pub struct ShimManager {
     state_dir: PathBuf,
+    /// Bundles of deleted tasks, removed in the background (`<state>/tasks.trash`).
+    trash: Trash,
     grpc_address: String,
     ttrpc_address: String,
     debug: bool,
@@ -225,10 +228,12 @@ impl ShimManager {
         ttrpc_address: &Path,
         debug: bool,
     ) -> Result<ShimManager> {
+        let trash = Trash::open(state_dir.join("tasks.trash"), "bundle-rm")?;
         let state_dir = state_dir.join("tasks");
         fs::create_dir_all(&state_dir).ctx(|| format!("create {}", state_dir.display()))?;
         Ok(ShimManager {
             state_dir,
+            trash,
             grpc_address: grpc_address.display().to_string(),
             ttrpc_address: ttrpc_address.display().to_string(),
             debug,
@@ -623,7 +628,9 @@ impl ShimManager {
             exec_id: exec_id.into(),
             ..Default::default()
         };
+        let t0 = std::time::Instant::now();
         let resp = s.client.delete(Shim::ctx(), &req);
+        let deleted = t0.elapsed();
         if !exec_id.is_empty() {
             return resp.map_err(|e| ttrpc_status("shim Delete", e));
         }
@@ -647,14 +654,22 @@ impl ShimManager {
             ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64),
             &shut,
         );
+        let shut_down = t0.elapsed();
         s.log_done.stop();
         self.shims
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&(ns.to_string(), id.to_string()));
-        if let Err(e) = fs::remove_dir_all(&s.bundle) {
-            tracing::warn!(bundle = %s.bundle.display(), error = %e, "cannot remove bundle");
-        }
+        // Out of `<state>/tasks` at once (a task of the same id may follow right away),
+        // deleted in the background.
+        self.trash.discard(&s.bundle);
+        tracing::debug!(
+            task = id,
+            shim_delete_ms = deleted.as_secs_f64() * 1e3,
+            shutdown_ms = (shut_down - deleted).as_secs_f64() * 1e3,
+            bundle_ms = (t0.elapsed() - shut_down).as_secs_f64() * 1e3,
+            "task deleted"
+        );
         Ok(resp)
     }
 

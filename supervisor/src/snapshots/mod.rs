@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::content::apply_label_update;
 use crate::error::{Error, IoContext, Result};
 use crate::metadata::{Kind, MetadataStore, WriteTx};
+use crate::trash::Trash;
 use crate::util::now;
 
 /// containerd's overlay snapshotter name.
@@ -127,41 +128,8 @@ pub struct Snapshotter {
     dir: PathBuf,
     /// Directories of removed snapshots, renamed there (same filesystem,
     /// atomic) and deleted by a background thread.
-    trash: PathBuf,
+    trash: Trash,
     meta: Arc<MetadataStore>,
-}
-
-/// Distinguishes trash entries of one process.
-static TRASH_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Deletes `paths` on a background thread (inline if no thread can be made).
-fn remove_in_background(paths: Vec<PathBuf>) {
-    if paths.is_empty() {
-        return;
-    }
-    let work = move || {
-        for p in paths {
-            if let Err(e) = fs::remove_dir_all(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(dir = %p.display(), error = %e, "cannot remove snapshot directory");
-                }
-            }
-        }
-    };
-    let shared = Arc::new(std::sync::Mutex::new(Some(work)));
-    let theirs = shared.clone();
-    let spawned = std::thread::Builder::new()
-        .name("snapshot-rm".into())
-        .spawn(move || {
-            if let Some(w) = theirs.lock().ok().and_then(|mut g| g.take()) {
-                w()
-            }
-        });
-    if spawned.is_err() {
-        if let Some(w) = shared.lock().ok().and_then(|mut g| g.take()) {
-            w()
-        }
-    }
 }
 
 impl Snapshotter {
@@ -175,14 +143,7 @@ impl Snapshotter {
         };
         let dir = base.join("snapshots");
         fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
-        let trash = base.join("snapshots.trash");
-        fs::create_dir_all(&trash).ctx(|| format!("create {}", trash.display()))?;
-        // Leftovers of removals a previous run did not finish.
-        let leftovers = fs::read_dir(&trash)
-            .ctx(|| format!("read {}", trash.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        remove_in_background(leftovers);
+        let trash = Trash::open(base.join("snapshots.trash"), "snapshot-rm")?;
         Ok(Snapshotter {
             backend,
             dir,
@@ -230,33 +191,6 @@ impl Snapshotter {
             }
         }
         Ok(())
-    }
-
-    /// Takes a snapshot directory out of the snapshots dir at once (a
-    /// rename) and deletes it in the background: removing a tree can take
-    /// tens of milliseconds, which no caller needs to wait for (containerd
-    /// also removes snapshot directories after the call, in its GC). Falls
-    /// back to removing in place if the rename fails.
-    fn discard_dir(&self, d: &Path) {
-        let seq = TRASH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!(
-            "{}-{}-{seq}",
-            d.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
-            std::process::id()
-        );
-        let to = self.trash.join(name);
-        match fs::rename(d, &to) {
-            Ok(()) => remove_in_background(vec![to]),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::debug!(dir = %d.display(), error = %e, "cannot move snapshot directory to the trash");
-                if let Err(e) = fs::remove_dir_all(d) {
-                    tracing::warn!(dir = %d.display(), error = %e, "cannot remove snapshot directory");
-                }
-            }
-        }
     }
 
     fn snapshot_dir(&self, id: u64) -> PathBuf {
@@ -489,7 +423,7 @@ impl Snapshotter {
             self.unlease(tx, ns, key)?;
             Ok(r)
         })?;
-        self.discard_dir(&self.snapshot_dir(rec.id));
+        self.trash.discard(&self.snapshot_dir(rec.id));
         Ok(())
     }
 
