@@ -298,6 +298,10 @@ pub struct Entry {
     pub stdin: Arc<StdinPipe>,
     /// Restart policy bookkeeping.
     pub(crate) restart: Mutex<RestartState>,
+    /// The rootfs mounts `Snapshots.Prepare` answered at create, for the
+    /// first start (later starts, and starts after an orcad restart, ask
+    /// `Snapshots.Mounts`: an active snapshot's mounts never change).
+    rootfs_mounts: Mutex<Option<Vec<orca_proto::types::Mount>>>,
 }
 
 impl Entry {
@@ -310,6 +314,7 @@ impl Entry {
             op: tokio::sync::Mutex::new(()),
             stdin: Arc::new(StdinPipe::default()),
             restart: Mutex::new(RestartState::default()),
+            rootfs_mounts: Mutex::new(None),
         })
     }
 
@@ -945,6 +950,13 @@ impl Containers {
         let mut to_start = Vec::new();
         for d in rd.filter_map(|e| e.ok()) {
             let p = d.path().join("config.json");
+            if !p.exists() && d.path().is_dir() {
+                // A removal whose background clean-up did not finish.
+                let _ = fs::remove_dir_all(d.path());
+                let id = d.file_name().to_string_lossy().into_owned();
+                let _ = fs::remove_dir_all(self.exec_dir(&id));
+                continue;
+            }
             let rec: Record = match fs::read(&p)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -1711,13 +1723,21 @@ impl Containers {
         let saving = tokio::task::spawn_blocking(move || util::write_atomic(&path, &data));
         let created = self.create_in_supervisor(&rec, top_chain).await;
         let saved = saving.await.map_err(EngineError::internal)?;
-        created?;
+        let mounts = created?;
         saved?;
+        *entry
+            .rootfs_mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(mounts);
         Ok(())
     }
 
     /// The containerd container (with its spec) and its rootfs snapshot.
-    async fn create_in_supervisor(&self, rec: &Record, top_chain: &str) -> Result<()> {
+    async fn create_in_supervisor(
+        &self,
+        rec: &Record,
+        top_chain: &str,
+    ) -> Result<Vec<orca_proto::types::Mount>> {
         let id = rec.id.clone();
 
         // GroupAdd names are looked up in the rootfs's /etc/group, known once
@@ -1768,8 +1788,9 @@ impl Containers {
             .mounts;
         if names {
             let scratch = self.cfg.exec_root.join("groups");
+            let mounts = rootfs.clone();
             let etc_group =
-                tokio::task::spawn_blocking(move || spec::read_etc_group(&rootfs, &scratch))
+                tokio::task::spawn_blocking(move || spec::read_etc_group(&mounts, &scratch))
                     .await
                     .map_err(EngineError::internal)??;
             let spec = self.build_spec(rec, etc_group.as_deref())?;
@@ -1792,7 +1813,7 @@ impl Containers {
                 .await
                 .map_err(|s| EngineError::grpc("update containerd container", s))?;
         }
-        Ok(())
+        Ok(rootfs)
     }
 
     fn build_spec(&self, rec: &Record, etc_group: Option<&str>) -> Result<Value> {
@@ -1907,17 +1928,26 @@ impl Containers {
         if rec.state.started_at != util::ZERO_TIME {
             let _ = self.delete_task(&id).await;
         }
-        let mounts = self
-            .ctrd
-            .snapshots()
-            .mounts(self.ctrd.req(snaps::MountsRequest {
-                snapshotter: self.cfg.snapshotter.clone(),
-                key: id.clone(),
-            }))
-            .await
-            .map_err(|s| EngineError::grpc("rootfs mounts", s))?
-            .into_inner()
-            .mounts;
+        let prepared = entry
+            .rootfs_mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mounts = match prepared {
+            Some(m) => m,
+            None => {
+                self.ctrd
+                    .snapshots()
+                    .mounts(self.ctrd.req(snaps::MountsRequest {
+                        snapshotter: self.cfg.snapshotter.clone(),
+                        key: id.clone(),
+                    }))
+                    .await
+                    .map_err(|s| EngineError::grpc("rootfs mounts", s))?
+                    .into_inner()
+                    .mounts
+            }
+        };
         // Volumes: option volumes mounted, image content copied into empty
         // ones (dockerd's populateVolumes).
         if !rec.mount_points.is_empty() {
@@ -2282,14 +2312,17 @@ impl Containers {
                 (255, chrono::Utc::now())
             }
         };
+        let t0 = std::time::Instant::now();
         entry.stdin.set(StdinState::NotOpen);
         let mut io = entry.io_running.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), io.wait_for(|r| !*r)).await;
+        let io_done = t0.elapsed();
         if let Err(s) = self.delete_task(&id).await {
             if s.code() != tonic::Code::NotFound {
                 warn!(id, "deleting the task failed: {s}");
             }
         }
+        let task_deleted = t0.elapsed();
         let _ = tokio::time::timeout(Duration::from_secs(2), io.wait_for(|r| !*r)).await;
         {
             // Networking of the run that ended: veths, ports, addresses.
@@ -2336,9 +2369,22 @@ impl Containers {
             (delay, generation)
         };
         self.forget_execs(&id);
-        if let Err(e) = self.save_state(&entry.record()) {
-            warn!(id, "cannot save the container record: {e}");
+        // An AutoRemove container's record is deleted right below; should
+        // that fail, a restarted orcad still finds the task gone and marks
+        // the container exited.
+        let removing = delay.is_none() && entry.record().auto_remove;
+        if !removing {
+            if let Err(e) = self.save_state(&entry.record()) {
+                warn!(id, "cannot save the container record: {e}");
+            }
         }
+        debug!(
+            id,
+            io_ms = io_done.as_secs_f64() * 1e3,
+            delete_task_ms = (task_deleted - io_done).as_secs_f64() * 1e3,
+            record_ms = (t0.elapsed() - task_deleted).as_secs_f64() * 1e3,
+            "exit handled"
+        );
         info!(id, code, "container exited");
         let rec = entry.record();
         // "die" before waiters (stop) hear of the exit: dockerd's order.
@@ -2378,9 +2424,11 @@ impl Containers {
             return;
         }
         if entry.record().auto_remove {
+            let t0 = std::time::Instant::now();
             if let Err(e) = self.remove_entry(&entry).await {
                 warn!(id, "auto-remove failed: {e}");
             }
+            debug!(id, ms = t0.elapsed().as_secs_f64() * 1e3, "auto-removed");
         }
     }
 
@@ -2693,35 +2741,54 @@ impl Containers {
 
     async fn cleanup_resources(&self, id: &str) -> Result<()> {
         let _ = self.delete_task(id).await;
-        match self
-            .ctrd
-            .containers()
-            .delete(
-                self.ctrd
-                    .req(ctrs::DeleteContainerRequest { id: id.to_string() }),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::NotFound => {}
-            Err(s) => return Err(EngineError::grpc("delete containerd container", s)),
-        }
-        match self
-            .ctrd
-            .snapshots()
-            .remove(self.ctrd.req(snaps::RemoveSnapshotRequest {
-                snapshotter: self.cfg.snapshotter.clone(),
-                key: id.to_string(),
-            }))
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::NotFound => {}
-            Err(s) => return Err(EngineError::grpc("remove rootfs snapshot", s)),
-        }
+        // The containerd container and its rootfs snapshot are independent
+        // records: both go at once (each is one transaction in the
+        // supervisor).
+        let delete_container = async {
+            match self
+                .ctrd
+                .containers()
+                .delete(
+                    self.ctrd
+                        .req(ctrs::DeleteContainerRequest { id: id.to_string() }),
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                Err(s) => Err(EngineError::grpc("delete containerd container", s)),
+            }
+        };
+        let remove_snapshot = async {
+            match self
+                .ctrd
+                .snapshots()
+                .remove(self.ctrd.req(snaps::RemoveSnapshotRequest {
+                    snapshotter: self.cfg.snapshotter.clone(),
+                    key: id.to_string(),
+                }))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                Err(s) => Err(EngineError::grpc("remove rootfs snapshot", s)),
+            }
+        };
+        let (container, snapshot) = tokio::join!(delete_container, remove_snapshot);
+        container?;
+        snapshot?;
         self.unmount_shm(id);
-        let _ = fs::remove_dir_all(self.exec_dir(id));
-        let _ = fs::remove_dir_all(self.dir(id));
+        // The record goes first, synchronously: a restarted orcad must not
+        // find the container again. The rest of the two directories (FIFOs,
+        // the log, hosts files) is deleted in the background: nothing reuses
+        // a removed container's id.
+        let _ = fs::remove_file(self.dir(id).join("config.json"));
+        let dirs = [self.exec_dir(id), self.dir(id)];
+        tokio::task::spawn_blocking(move || {
+            for d in dirs {
+                let _ = fs::remove_dir_all(d);
+            }
+        });
         Ok(())
     }
 
