@@ -325,6 +325,7 @@ impl TaskService {
         if !req.checkpoint.is_empty() {
             return Err(Error::Unimplemented("restoring from a checkpoint".into()));
         }
+        let t0 = std::time::Instant::now();
         let opts = parse_options(&req.options)?;
         let bundle = PathBuf::from(&req.bundle);
         let binary = resolve_binary(&opts.binary_name)?;
@@ -350,6 +351,7 @@ impl TaskService {
             mount::mount_all(&specs, &target)?;
             rootfs = Some(target);
         }
+        let mounted = t0.elapsed();
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -380,6 +382,11 @@ impl TaskService {
             e
         };
         let (pio, sub) = result.map_err(fail)?;
+        crate::debug!(
+            "create: rootfs mounted after {:.2} ms, runtime create done after {:.2} ms",
+            mounted.as_secs_f64() * 1e3,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
         let pid = pid_file(&pidfile).map_err(fail)?;
         let mut init = Process::new("", stdio.clone());
         init.pid = pid;
