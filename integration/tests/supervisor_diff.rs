@@ -120,8 +120,22 @@ fn mount_snapshot(p: &dyn Peer, sn: &str, key: &str, target: &Path, guard: &mut 
 }
 
 fn unmount(target: &Path, guard: &mut MountGuard) {
-    nix::mount::umount2(target, nix::mount::MntFlags::empty())
-        .unwrap_or_else(|e| panic!("umount {}: {e}", target.display()));
+    // The tests run side by side and spawn processes: a child forked while this one listed the
+    // tree holds copies of its directory descriptors until it execs, and the mount is busy for
+    // that moment.
+    let mut tries = 0;
+    loop {
+        match nix::mount::umount2(target, nix::mount::MntFlags::empty()) {
+            Err(nix::errno::Errno::EBUSY) if tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => {
+                r.unwrap_or_else(|e| panic!("umount {}: {e}", target.display()));
+                break;
+            }
+        }
+    }
     guard.0.retain(|p| p != target);
 }
 
