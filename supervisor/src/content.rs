@@ -392,6 +392,11 @@ impl ContentStore {
             store: Arc::clone(self),
             key,
         };
+        // A writer of the same ref may have committed between the check
+        // above and taking the lock.
+        if !expected.is_empty() && self.lease_if_exists(ns, expected, lease)? {
+            return Err(Error::AlreadyExists(format!("content {expected}")));
+        }
         let dir = self.ingest_dir(ns, reference);
         let data_path = dir.join("data");
         let mut hasher = Sha256::new();

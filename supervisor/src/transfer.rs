@@ -862,7 +862,18 @@ impl TransferService {
                 progress.blob("downloading", desc, parent, current).await;
             }
         }
-        let digest = tokio::task::block_in_place(|| w.commit(desc.size, &desc.digest, labels))?;
+        let digest =
+            match tokio::task::block_in_place(|| w.commit(desc.size, &desc.digest, labels.clone()))
+            {
+                Ok(d) => d,
+                // A concurrent pull committed the same blob first (containerd's
+                // fetcher takes ErrAlreadyExists at commit as success too).
+                Err(Error::AlreadyExists(_)) => {
+                    self.adopt_local(ns, lease, desc, &labels).await?;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            };
         self.core.events.publish(
             ns,
             "/content/create",
