@@ -1534,7 +1534,7 @@ impl Containers {
             }
             Err(e) => {
                 warn!(id, "create failed: {e}");
-                let _ = self.cleanup_resources(&id).await;
+                let _ = self.cleanup_resources(&id, false).await;
                 self.map
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -2317,11 +2317,14 @@ impl Containers {
         let mut io = entry.io_running.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), io.wait_for(|r| !*r)).await;
         let io_done = t0.elapsed();
-        if let Err(s) = self.delete_task(&id).await {
-            if s.code() != tonic::Code::NotFound {
+        let task_gone = match self.delete_task(&id).await {
+            Ok(()) => true,
+            Err(s) if s.code() == tonic::Code::NotFound => true,
+            Err(s) => {
                 warn!(id, "deleting the task failed: {s}");
+                false
             }
-        }
+        };
         let task_deleted = t0.elapsed();
         let _ = tokio::time::timeout(Duration::from_secs(2), io.wait_for(|r| !*r)).await;
         {
@@ -2425,7 +2428,7 @@ impl Containers {
         }
         if entry.record().auto_remove {
             let t0 = std::time::Instant::now();
-            if let Err(e) = self.remove_entry(&entry).await {
+            if let Err(e) = self.remove_entry_after(&entry, task_gone).await {
                 warn!(id, "auto-remove failed: {e}");
             }
             debug!(id, ms = t0.elapsed().as_secs_f64() * 1e3, "auto-removed");
@@ -2698,10 +2701,18 @@ impl Containers {
     }
 
     async fn remove_entry(&self, entry: &Arc<Entry>) -> Result<()> {
+        self.remove_entry_after(entry, false).await
+    }
+
+    /// [`Self::remove_entry`]; `task_gone`: the caller has just deleted the
+    /// task (no `Tasks.Delete` again).
+    async fn remove_entry_after(&self, entry: &Arc<Entry>, task_gone: bool) -> Result<()> {
         let _op = entry.op.lock().await;
         if entry.events.borrow().removed {
             return Ok(());
         }
+        // A start that slipped in before the lock made a new task.
+        let task_gone = task_gone && !entry.record().state.running;
         let id = entry.record().id;
         entry.with_rec(|r| r.state.status = "removing".into());
         {
@@ -2710,7 +2721,7 @@ impl Containers {
                 self.networks.release(&mut r).await;
             }
         }
-        self.cleanup_resources(&id).await?;
+        self.cleanup_resources(&id, task_gone).await?;
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -2739,8 +2750,10 @@ impl Containers {
             .map(drop)
     }
 
-    async fn cleanup_resources(&self, id: &str) -> Result<()> {
-        let _ = self.delete_task(id).await;
+    async fn cleanup_resources(&self, id: &str, task_gone: bool) -> Result<()> {
+        if !task_gone {
+            let _ = self.delete_task(id).await;
+        }
         // The containerd container and its rootfs snapshot are independent
         // records: both go at once (each is one transaction in the
         // supervisor).
