@@ -382,10 +382,11 @@ impl TaskService {
             e
         };
         let (pio, sub) = result.map_err(fail)?;
+        // Integer microseconds: float formatting would map its code and tables into every shim.
         crate::debug!(
-            "create: rootfs mounted after {:.2} ms, runtime create done after {:.2} ms",
-            mounted.as_secs_f64() * 1e3,
-            t0.elapsed().as_secs_f64() * 1e3
+            "create: rootfs mounted after {} us, runtime create done after {} us",
+            mounted.as_micros(),
+            t0.elapsed().as_micros()
         );
         let pid = pid_file(&pidfile).map_err(fail)?;
         let mut init = Process::new("", stdio.clone());
