@@ -969,8 +969,9 @@ fn live_restore_keeps_containers_and_reattaches() {
     );
     docker_ok(&d, &["kill", &counter]);
     assert_eq!(docker_ok(&d, &["wait", &counter]).trim(), "137");
-    // Live-restore left them running; the containerd fixture's drop kills
-    // the rest.
+    // Live-restore leaves containers running when orcad stops: removed
+    // first, so that the fixture's cgroup parent is empty when it goes.
+    d.remove_all_containers(T);
     drop(d);
     drop(c);
 }
