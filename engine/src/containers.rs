@@ -443,6 +443,14 @@ impl StdinPipe {
     }
 }
 
+/// An OCI spec as the `Any` containerd keeps in a container record.
+fn spec_any(spec: &Value) -> Result<prost_types::Any> {
+    Ok(prost_types::Any {
+        type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+        value: serde_json::to_vec(spec).map_err(EngineError::internal)?,
+    })
+}
+
 /// Creates a stdin FIFO and opens it read-write, so that a writer exists
 /// before the shim opens its read side.
 pub(crate) fn stdin_fifo(path: &Path) -> Result<File> {
@@ -1758,10 +1766,7 @@ impl Containers {
                 name: self.cfg.runtime.clone(),
                 options: None,
             }),
-            spec: Some(prost_types::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                value: serde_json::to_vec(&spec).map_err(EngineError::internal)?,
-            }),
+            spec: Some(spec_any(&spec)?),
             snapshotter: self.cfg.snapshotter.clone(),
             snapshot_key: id.clone(),
             ..Default::default()
@@ -1794,26 +1799,29 @@ impl Containers {
                     .await
                     .map_err(EngineError::internal)??;
             let spec = self.build_spec(rec, etc_group.as_deref())?;
-            let container = ctrs::Container {
-                id: id.clone(),
-                spec: Some(prost_types::Any {
-                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                    value: serde_json::to_vec(&spec).map_err(EngineError::internal)?,
-                }),
-                ..Default::default()
-            };
-            self.ctrd
-                .containers()
-                .update(self.ctrd.req(ctrs::UpdateContainerRequest {
-                    container: Some(container),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["spec".into()],
-                    }),
-                }))
-                .await
-                .map_err(|s| EngineError::grpc("update containerd container", s))?;
+            self.update_spec(&id, &spec).await?;
         }
         Ok(rootfs)
+    }
+
+    /// Replaces the spec of the containerd container `id`.
+    async fn update_spec(&self, id: &str, spec: &Value) -> Result<()> {
+        let container = ctrs::Container {
+            id: id.to_string(),
+            spec: Some(spec_any(spec)?),
+            ..Default::default()
+        };
+        self.ctrd
+            .containers()
+            .update(self.ctrd.req(ctrs::UpdateContainerRequest {
+                container: Some(container),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["spec".into()],
+                }),
+            }))
+            .await
+            .map_err(|s| EngineError::grpc("update containerd container", s))?;
+        Ok(())
     }
 
     fn build_spec(&self, rec: &Record, etc_group: Option<&str>) -> Result<Value> {
@@ -2179,24 +2187,7 @@ impl Containers {
             let own = own_dev_shm(&rec);
             crate::networks::patch_ipc(&mut spec, t.state.pid, (!own).then_some(shm.as_path()));
         }
-        let container = ctrs::Container {
-            id: rec.id.clone(),
-            spec: Some(prost_types::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                value: serde_json::to_vec(&spec).map_err(EngineError::internal)?,
-            }),
-            ..Default::default()
-        };
-        self.ctrd
-            .containers()
-            .update(self.ctrd.req(ctrs::UpdateContainerRequest {
-                container: Some(container),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["spec".into()],
-                }),
-            }))
-            .await
-            .map_err(|s| EngineError::grpc("update containerd container", s))?;
+        self.update_spec(&rec.id, &spec).await?;
         if net.is_some() {
             entry.with_rec(|r| {
                 r.config.hostname = r2.config.hostname.clone();
