@@ -249,11 +249,11 @@ impl Publisher {
 }
 
 const EVENTS_SERVICE: &str = "containerd.services.events.ttrpc.v1.Events";
-/// ttrpc frame header: length (u32 BE), stream id (u32 BE), type, flags.
-const HEADER_LEN: usize = 10;
-const MESSAGE_TYPE_REQUEST: u8 = 1;
-const MESSAGE_TYPE_RESPONSE: u8 = 2;
-const MESSAGE_LENGTH_MAX: usize = 4 << 20;
+/// ttrpc's frame: header of length (u32 BE), stream id (u32 BE), type, flags.
+use ttrpc::proto::{
+    MESSAGE_HEADER_LENGTH as HEADER_LEN, MESSAGE_LENGTH_MAX, MESSAGE_TYPE_REQUEST,
+    MESSAGE_TYPE_RESPONSE,
+};
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A minimal synchronous ttrpc client for the one call the shim makes,

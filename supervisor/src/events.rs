@@ -64,12 +64,11 @@ pub fn envelope_matches(f: &Filter, env: &Envelope) -> bool {
 
 /// The ttrpc service shims forward their events to (at `<address>.ttrpc`).
 const EVENTS_SERVICE: &str = "containerd.services.events.ttrpc.v1.Events";
-/// ttrpc frame header: length (u32 BE), stream id (u32 BE), type, flags.
-const HEADER_LEN: usize = 10;
-const MESSAGE_TYPE_REQUEST: u8 = 1;
-const MESSAGE_TYPE_RESPONSE: u8 = 2;
-/// ttrpc's limit on one message.
-const MESSAGE_LENGTH_MAX: usize = 4 << 20;
+/// ttrpc's frame layout and limits: a header of length (u32 BE), stream id (u32 BE), type, flags.
+use ttrpc::proto::{
+    MESSAGE_HEADER_LENGTH as HEADER_LEN, MESSAGE_LENGTH_MAX, MESSAGE_TYPE_REQUEST,
+    MESSAGE_TYPE_RESPONSE,
+};
 
 /// Serves `containerd.services.events.ttrpc.v1.Events/Forward` on the unix socket `path`:
 /// every forwarded envelope goes on the bus. A task per connection on the supervisor's tokio
