@@ -95,11 +95,14 @@ fn init_tracing(cli: &Cli) {
     } else {
         cli.log_level.clone().unwrap_or_else(|| "warn".into())
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("orca_cli={level}"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("orca_cli=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // A plain target filter: EnvFilter's directive parser (regex-backed)
+    // cost more CPU at every start than the rest of a short command.
+    use tracing_subscriber::prelude::*;
+    let level: tracing::Level = level.parse().unwrap_or(tracing::Level::WARN);
+    let filter = tracing_subscriber::filter::Targets::new().with_target("orca_cli", level);
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .try_init();
 }
 

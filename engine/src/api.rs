@@ -222,6 +222,8 @@ async fn route(engine: Arc<Engine>, req: Request<Incoming>) -> Result<Response<B
             if method == Method::DELETE {
                 let name = percent_decode(rest, false);
                 let img = engine.images.resolve(&name).await?;
+                // Removed containers' snapshots are gone before the image goes.
+                engine.containers.settle_removals().await;
                 let users = engine.containers.users_of_image(&img.config_digest);
                 let v = engine
                     .images

@@ -729,6 +729,11 @@ pub struct Containers {
     /// Set at a live-restore shutdown: stdio copiers stop at a line
     /// boundary and leave the rest in the FIFOs for the next orcad.
     stop_copiers: Arc<AtomicBool>,
+    /// Held (read) by each removal still finishing in the background (the
+    /// containerd container, the rootfs snapshot, the directories); taken
+    /// (write) by what must see them gone: image removal and prune, daemon
+    /// shutdown. See [`Self::settle_removals`].
+    removals: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Containers {
@@ -757,6 +762,7 @@ impl Containers {
             volumes,
             shutting_down: AtomicBool::new(false),
             stop_copiers: Arc::new(AtomicBool::new(false)),
+            removals: Arc::new(tokio::sync::RwLock::new(())),
         });
         c.load().await;
         Ok(c)
@@ -769,6 +775,14 @@ impl Containers {
     /// reopens the FIFOs without losing or splitting output.
     pub async fn shutdown(self: &Arc<Self>, live_restore: bool, timeout: Duration) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.stop_at_shutdown(live_restore, timeout).await;
+        let settled = tokio::time::timeout(Duration::from_secs(10), self.settle_removals()).await;
+        if settled.is_err() {
+            warn!("container removals still finishing at shutdown (the next start completes them)");
+        }
+    }
+
+    async fn stop_at_shutdown(self: &Arc<Self>, live_restore: bool, timeout: Duration) {
         let entries = self.entries();
         if live_restore {
             self.stop_copiers.store(true, Ordering::SeqCst);
@@ -877,14 +891,7 @@ impl Containers {
 
     /// Undoes `mount_shm` (lazily: containers that joined keep their bind).
     fn unmount_shm(&self, id: &str) {
-        let dir = self.shm_dir(id);
-        while is_mountpoint(&dir) {
-            if let Err(e) = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH) {
-                warn!(id, "cannot unmount {}: {e}", dir.display());
-                return;
-            }
-        }
-        let _ = fs::remove_dir(&dir);
+        unmount_shm_at(&self.shm_dir(id), id);
     }
 
     pub(crate) fn exec_dir(&self, id: &str) -> PathBuf {
@@ -959,10 +966,11 @@ impl Containers {
         for d in rd.filter_map(|e| e.ok()) {
             let p = d.path().join("config.json");
             if !p.exists() && d.path().is_dir() {
-                // A removal whose background clean-up did not finish.
-                let _ = fs::remove_dir_all(d.path());
+                // A removal whose background part did not finish.
                 let id = d.file_name().to_string_lossy().into_owned();
-                let _ = fs::remove_dir_all(self.exec_dir(&id));
+                if let Err(e) = self.finish_removal(&id).await {
+                    warn!(id, "completing an earlier removal: {e}");
+                }
                 continue;
             }
             let rec: Record = match fs::read(&p)
@@ -1493,7 +1501,7 @@ impl Containers {
         // Resources, mounts and security options are checked now (a bad
         // one fails the create, as with dockerd; GroupAdd names are looked
         // up once the rootfs exists).
-        self.build_spec(&numeric_group_add(&rec), None)?;
+        let checked_spec = self.build_spec(&numeric_group_add(&rec), None)?;
 
         // Reserve the name.
         let entry = {
@@ -1520,6 +1528,9 @@ impl Containers {
             map.insert(id.clone(), e.clone());
             e
         };
+        // The spec checked above is the containerd container's, unless
+        // volumes (mount points) or GroupAdd names complete it below.
+        let reusable_spec = planned.is_empty().then_some(checked_spec);
         let volumes_guard = match self.volumes.materialize(planned) {
             Ok((mps, guard)) => {
                 entry.with_rec(|r| r.mount_points = mps);
@@ -1533,7 +1544,7 @@ impl Containers {
                 return Err(e);
             }
         };
-        match self.create_resources(&entry, &top).await {
+        match self.create_resources(&entry, &top, reusable_spec).await {
             Ok(()) => {
                 volumes_guard.commit();
                 info!(id, name = %entry.record().name, "created container");
@@ -1542,7 +1553,7 @@ impl Containers {
             }
             Err(e) => {
                 warn!(id, "create failed: {e}");
-                let _ = self.cleanup_resources(&id, false).await;
+                let _ = self.cleanup_resources(&id, false, false).await;
                 self.map
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -1714,7 +1725,12 @@ impl Containers {
         Ok(out)
     }
 
-    async fn create_resources(&self, entry: &Arc<Entry>, top_chain: &str) -> Result<()> {
+    async fn create_resources(
+        &self,
+        entry: &Arc<Entry>,
+        top_chain: &str,
+        spec: Option<Value>,
+    ) -> Result<()> {
         let rec = entry.record();
         let id = rec.id.clone();
         fs::create_dir_all(self.dir(&id))?;
@@ -1729,7 +1745,7 @@ impl Containers {
         let data = serde_json::to_vec_pretty(&rec).map_err(EngineError::internal)?;
         let path = self.dir(&id).join("config.json");
         let saving = tokio::task::spawn_blocking(move || util::write_atomic(&path, &data));
-        let created = self.create_in_supervisor(&rec, top_chain).await;
+        let created = self.create_in_supervisor(&rec, top_chain, spec).await;
         let saved = saving.await.map_err(EngineError::internal)?;
         let mounts = created?;
         saved?;
@@ -1745,6 +1761,7 @@ impl Containers {
         &self,
         rec: &Record,
         top_chain: &str,
+        built: Option<Value>,
     ) -> Result<Vec<orca_proto::types::Mount>> {
         let id = rec.id.clone();
 
@@ -1753,10 +1770,12 @@ impl Containers {
         // container that references it (an unreferenced active snapshot can
         // be garbage-collected), so such a spec is completed by an update.
         let names = spec::group_add_needs_names(&rec.host_config);
-        let spec = if names {
-            self.build_spec(&numeric_group_add(rec), None)?
-        } else {
-            self.build_spec(rec, None)?
+        let spec = match built {
+            // Built from the same record (numeric GroupAdd entries only, as
+            // here when names need the rootfs).
+            Some(s) => s,
+            None if names => self.build_spec(&numeric_group_add(rec), None)?,
+            None => self.build_spec(rec, None)?,
         };
         let container = ctrs::Container {
             id: id.clone(),
@@ -2712,7 +2731,7 @@ impl Containers {
                 self.networks.release(&mut r).await;
             }
         }
-        self.cleanup_resources(&id, task_gone).await?;
+        self.cleanup_resources(&id, task_gone, true).await?;
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -2741,59 +2760,54 @@ impl Containers {
             .map(drop)
     }
 
-    async fn cleanup_resources(&self, id: &str, task_gone: bool) -> Result<()> {
+    /// Removes what a container has outside orcad's map: its task (unless
+    /// `task_gone`), its record, then its containerd container, rootfs
+    /// snapshot and directories. With `background` only the task and the
+    /// record go before this returns: the container is gone for every API
+    /// call from then on (its id is never reused), and the rest finishes in
+    /// a background task that [`Self::settle_removals`] waits for. A record
+    /// directory without `config.json` is the tombstone of such a removal:
+    /// a restarted orcad completes it.
+    async fn cleanup_resources(&self, id: &str, task_gone: bool, background: bool) -> Result<()> {
         if !task_gone {
             let _ = self.delete_task(id).await;
         }
-        // The containerd container and its rootfs snapshot are independent
-        // records: both go at once (each is one transaction in the
-        // supervisor).
-        let delete_container = async {
-            match self
-                .ctrd
-                .containers()
-                .delete(
-                    self.ctrd
-                        .req(ctrs::DeleteContainerRequest { id: id.to_string() }),
-                )
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-                Err(s) => Err(EngineError::grpc("delete containerd container", s)),
-            }
-        };
-        let remove_snapshot = async {
-            match self
-                .ctrd
-                .snapshots()
-                .remove(self.ctrd.req(snaps::RemoveSnapshotRequest {
-                    snapshotter: self.cfg.snapshotter.clone(),
-                    key: id.to_string(),
-                }))
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-                Err(s) => Err(EngineError::grpc("remove rootfs snapshot", s)),
-            }
-        };
-        let (container, snapshot) = tokio::join!(delete_container, remove_snapshot);
-        container?;
-        snapshot?;
-        self.unmount_shm(id);
-        // The record goes first, synchronously: a restarted orcad must not
-        // find the container again. The rest of the two directories (FIFOs,
-        // the log, hosts files) is deleted in the background: nothing reuses
-        // a removed container's id.
+        if !background {
+            return self.finish_removal(id).await;
+        }
         let _ = fs::remove_file(self.dir(id).join("config.json"));
-        let dirs = [self.exec_dir(id), self.dir(id)];
-        tokio::task::spawn_blocking(move || {
-            for d in dirs {
-                let _ = fs::remove_dir_all(d);
+        let guard = self.removals.clone().read_owned().await;
+        let me = self.clone_for_removal();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = me.finish(&id).await {
+                warn!(id, "removing a container's containerd records: {e} (retried at the next start)");
             }
+            drop(guard);
         });
         Ok(())
+    }
+
+    /// The part of [`Self::cleanup_resources`] after the task (see
+    /// [`RemovalCtx::finish`]).
+    async fn finish_removal(&self, id: &str) -> Result<()> {
+        self.clone_for_removal().finish(id).await
+    }
+
+    /// What a background removal needs of `self`.
+    fn clone_for_removal(&self) -> RemovalCtx {
+        RemovalCtx {
+            ctrd: self.ctrd.clone(),
+            snapshotter: self.cfg.snapshotter.clone(),
+            data_dir: self.cfg.data_root.join("containers"),
+            exec_dir: self.cfg.exec_root.join("containers"),
+        }
+    }
+
+    /// Waits until every container removal that started before this call
+    /// has finished in the background (see [`Self::cleanup_resources`]).
+    pub async fn settle_removals(&self) {
+        drop(self.removals.write().await);
     }
 
     /// Subscribes to a container's output for attach: `None` when the
@@ -3433,5 +3447,83 @@ mod tests {
             vec!["A=2", "PATH=/x", "B=3"]
         );
         assert_eq!(&frame(1, b"hi")[..], &[1, 0, 0, 0, 0, 0, 0, 2, b'h', b'i']);
+    }
+}
+
+/// Unmounts a container's shareable /dev/shm (`dir`, under its record
+/// directory) and removes the mount point.
+fn unmount_shm_at(dir: &Path, id: &str) {
+    while is_mountpoint(dir) {
+        if let Err(e) = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
+            warn!(id, "cannot unmount {}: {e}", dir.display());
+            return;
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// The end of a container removal, which may run in the background after
+/// the container is gone from the API (see `Containers::cleanup_resources`).
+struct RemovalCtx {
+    ctrd: Containerd,
+    snapshotter: String,
+    /// `<data-root>/containers`.
+    data_dir: PathBuf,
+    /// `<exec-root>/containers`.
+    exec_dir: PathBuf,
+}
+
+impl RemovalCtx {
+    /// The containerd container and its rootfs snapshot (independent
+    /// records, one transaction each in the supervisor, so both go at once;
+    /// either already gone is fine), then the /dev/shm mount, the record
+    /// and the directories. On an error the record directory stays, the
+    /// tombstone a restarted orcad completes.
+    async fn finish(&self, id: &str) -> Result<()> {
+        let delete_container = async {
+            match self
+                .ctrd
+                .containers()
+                .delete(
+                    self.ctrd
+                        .req(ctrs::DeleteContainerRequest { id: id.to_string() }),
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                Err(s) => Err(EngineError::grpc("delete containerd container", s)),
+            }
+        };
+        let remove_snapshot = async {
+            match self
+                .ctrd
+                .snapshots()
+                .remove(self.ctrd.req(snaps::RemoveSnapshotRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: id.to_string(),
+                }))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                Err(s) => Err(EngineError::grpc("remove rootfs snapshot", s)),
+            }
+        };
+        let (container, snapshot) = tokio::join!(delete_container, remove_snapshot);
+        container?;
+        snapshot?;
+        let dir = self.data_dir.join(id);
+        unmount_shm_at(&dir.join("shm"), id);
+        let _ = fs::remove_file(dir.join("config.json"));
+        let dirs = [self.exec_dir.join(id), dir];
+        tokio::task::spawn_blocking(move || {
+            for d in dirs {
+                let _ = fs::remove_dir_all(d);
+            }
+        })
+        .await
+        .map_err(EngineError::internal)?;
+        Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! resolving images for containers.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use orca_proto::images::{self as imgs, Image};
@@ -250,6 +251,42 @@ pub struct ImageService {
     ctrd: Containerd,
     registry: reg::Client,
     snapshotter: String,
+    /// Indexes, manifests and configs read from the content store, by digest
+    /// (see [`MetadataBlobs`]).
+    blobs: Arc<MetadataBlobs>,
+}
+
+/// A bounded cache of the small JSON blobs every image lookup reads
+/// (index, manifest, config): content is addressed by digest, so a cached
+/// blob is always the blob. Each container create resolves its image; the
+/// cache saves two or three content-store round trips per create.
+#[derive(Default)]
+struct MetadataBlobs {
+    map: std::sync::Mutex<HashMap<String, Arc<Vec<u8>>>>,
+}
+
+impl MetadataBlobs {
+    const MAX_ENTRIES: usize = 512;
+    const MAX_BLOB: usize = 4 << 20;
+
+    fn get(&self, digest: &str) -> Option<Arc<Vec<u8>>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    fn put(&self, digest: &str, blob: Arc<Vec<u8>>) {
+        if blob.len() > Self::MAX_BLOB {
+            return;
+        }
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= Self::MAX_ENTRIES {
+            m.clear();
+        }
+        m.insert(digest.to_string(), blob);
+    }
 }
 
 impl ImageService {
@@ -258,7 +295,19 @@ impl ImageService {
             ctrd,
             registry,
             snapshotter,
+            blobs: Arc::default(),
         }
+    }
+
+    /// An index, manifest or config blob, from the cache or the content
+    /// store (then cached).
+    async fn read_metadata_blob(&self, digest: &str) -> Result<Arc<Vec<u8>>> {
+        if let Some(b) = self.blobs.get(digest) {
+            return Ok(b);
+        }
+        let b = Arc::new(self.ctrd.read_blob(digest).await?);
+        self.blobs.put(digest, b.clone());
+        Ok(b)
     }
 
     /// The snapshotter used for unpacking.
@@ -535,15 +584,15 @@ impl ImageService {
             .ok_or_else(|| EngineError::internal(format!("image {} has no target", img.name)))?;
         let mut manifest_desc = target.clone();
         if is_index(&target.media_type) {
-            let idx = parse_json("index", &self.ctrd.read_blob(&target.digest).await?)?;
+            let idx = parse_json("index", &self.read_metadata_blob(&target.digest).await?)?;
             manifest_desc = pick_platform(&idx)?.1;
         }
         let manifest = parse_json(
             "manifest",
-            &self.ctrd.read_blob(&manifest_desc.digest).await?,
+            &self.read_metadata_blob(&manifest_desc.digest).await?,
         )?;
         let config_digest = descriptor(&manifest["config"])?.digest;
-        let config = parse_json("config", &self.ctrd.read_blob(&config_digest).await?)?;
+        let config = parse_json("config", &self.read_metadata_blob(&config_digest).await?)?;
         let layers: Vec<Descriptor> = manifest["layers"]
             .as_array()
             .cloned()

@@ -132,6 +132,7 @@ pub async fn images(engine: Arc<Engine>, q: &Query) -> Result<Value> {
     };
     let mut deleted = Vec::new();
     let mut reclaimed = 0i64;
+    engine.containers.settle_removals().await;
     for (id, records) in by_id(engine.images.all().await?) {
         let tagged = records.iter().any(|r| !is_dangling_name(&r.name));
         if dangling_only && tagged {

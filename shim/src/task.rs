@@ -59,6 +59,9 @@ struct Container {
     execs: HashMap<String, Process>,
     /// `<bundle>/rootfs` when the shim mounted it.
     rootfs: Option<PathBuf>,
+    /// The runtime's `delete` already ran: right after the init's exit was
+    /// published (see [`TaskService::delete_runtime_state_early`]).
+    runtime_deleted: bool,
 }
 
 impl Container {
@@ -272,11 +275,48 @@ impl TaskService {
         let procs = std::iter::once(&mut c.init).chain(c.execs.values_mut());
         for p in procs {
             if p.pid == pid as u32 && p.exited().is_none() {
+                let is_init = p.exec_id.is_empty();
                 if let Some(info) = p.set_exited(code) {
                     self.publish_exit(&cid, p, info);
                 }
+                drop(g);
+                if is_init {
+                    self.delete_runtime_state_early(cid);
+                }
                 return;
             }
+        }
+    }
+
+    /// Once the init's exit is published, the runtime's `delete` (which
+    /// kills what is left in the container's cgroup — nothing when it has
+    /// its own pid namespace —, runs the poststop hooks, removes the
+    /// cgroups and the runtime's state) runs at once on its own thread
+    /// instead of when `Delete` comes: the client's round trip from the
+    /// exit event to `Delete` overlaps it, and `Delete` waits for it on the
+    /// container lock. A stopped container has no further use for that
+    /// state: `Kill`, `Exec`, `Pause`, `Update` and `Stats` refuse an
+    /// exited init, `State` and `Wait` answer from the shim's own record,
+    /// `Pids` answers an empty list. On a failure `Delete` tries again and
+    /// reports it.
+    fn delete_runtime_state_early(&self, cid: String) {
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("runtime-delete".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let mut g = me.lock();
+                let Some(c) = g.as_mut() else { return };
+                if c.id != cid || c.runtime_deleted || c.init.exited().is_none() {
+                    return;
+                }
+                match c.runtime.delete(&c.id, true) {
+                    Ok(()) => c.runtime_deleted = true,
+                    Err(e) => crate::warn!("runtime delete after the exit: {e}"),
+                }
+            });
+        if let Err(e) = spawned {
+            crate::warn!("cannot start the runtime-delete thread: {e}");
         }
     }
 
@@ -417,6 +457,7 @@ impl TaskService {
             init,
             execs: HashMap::new(),
             rootfs,
+            runtime_deleted: false,
         });
         let mut r = api::CreateTaskResponse::new();
         r.pid = pid;
@@ -569,7 +610,9 @@ impl TaskService {
                 c.id
             )));
         }
-        c.runtime.delete(&c.id, true)?;
+        if !c.runtime_deleted {
+            c.runtime.delete(&c.id, true)?;
+        }
         if c.init.exited().is_none() {
             // Created but never started: the runtime killed its init.
             c.init.set_exited(128 + libc::SIGKILL as u32);
@@ -720,7 +763,11 @@ impl TaskService {
     fn do_pids(&self, req: api::PidsRequest) -> Result<api::PidsResponse> {
         let mut g = self.lock();
         let c = Self::container(&mut g, &req.id)?;
-        let pids = c.runtime.ps(&c.id)?;
+        let pids = if c.runtime_deleted {
+            Vec::new()
+        } else {
+            c.runtime.ps(&c.id)?
+        };
         let mut r = api::PidsResponse::new();
         for pid in pids {
             let mut pi = ProcessInfo::new();
