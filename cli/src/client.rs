@@ -1,6 +1,7 @@
 //! The Docker Engine API client: one HTTP/1.1 connection per request over
-//! the daemon's unix socket (or TCP), API version negotiated through
-//! `/_ping`, JSON calls, streamed bodies and hijacked (upgraded) streams.
+//! the daemon's unix socket (or TCP), API version negotiated lazily (a
+//! daemon's "too new" answer), JSON calls, streamed bodies and hijacked
+//! (upgraded) streams.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -16,8 +17,6 @@ use crate::host::DaemonHost;
 
 /// The newest API version this client speaks.
 pub const CLIENT_API_VERSION: &str = "1.44";
-/// Used when the daemon does not send `Api-Version` (docker's fallback).
-pub const FALLBACK_API_VERSION: &str = "1.24";
 
 /// Any byte stream to the daemon.
 pub trait DaemonIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -38,7 +37,12 @@ pub enum AttachOutput {
 #[derive(Debug, Clone)]
 pub struct EngineClient {
     host: DaemonHost,
-    api_version: String,
+    /// The API version in request paths: ours until a daemon answers that
+    /// it is too new (then the daemon's, see [`EngineClient::send`]), or
+    /// the pinned one.
+    api_version: std::sync::Arc<std::sync::Mutex<String>>,
+    /// `$ORCA_API_VERSION`/`$DOCKER_API_VERSION` set it: never renegotiated.
+    pinned: bool,
     /// For a TLS host: the rustls configuration (CA, client certificate).
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -135,8 +139,13 @@ pub fn error_message(body: &[u8]) -> String {
 }
 
 impl EngineClient {
-    /// Connects to `host` and negotiates the API version with `/_ping`
-    /// (`$ORCA_API_VERSION`/`$DOCKER_API_VERSION` pin it instead).
+    /// A client for `host`. The API version is negotiated lazily instead of
+    /// by a `/_ping` first (a round trip per command): requests go out with
+    /// our version, and a daemon that only speaks an older one rejects it
+    /// with 400 and its own version in the `Api-Version` header (dockerd's
+    /// version check runs before any handler), whereupon the request is
+    /// sent again with that version and the client keeps it.
+    /// `$ORCA_API_VERSION`/`$DOCKER_API_VERSION` pin the version instead.
     pub async fn negotiate(host: DaemonHost) -> Result<EngineClient> {
         let tls = match &host {
             DaemonHost::Tls { ca, cert, key, .. } => {
@@ -144,32 +153,30 @@ impl EngineClient {
             }
             _ => None,
         };
-        let mut c = EngineClient {
-            host,
-            api_version: CLIENT_API_VERSION.to_string(),
-            tls,
-        };
         let pinned = std::env::var("ORCA_API_VERSION")
             .or_else(|_| std::env::var("DOCKER_API_VERSION"))
             .ok()
             .filter(|v| !v.is_empty());
-        if let Some(v) = pinned {
-            c.api_version = v;
-            return Ok(c);
+        Ok(EngineClient {
+            host,
+            pinned: pinned.is_some(),
+            api_version: std::sync::Arc::new(std::sync::Mutex::new(
+                pinned.unwrap_or_else(|| CLIENT_API_VERSION.to_string()),
+            )),
+            tls,
+        })
+    }
+
+    /// The daemon's version when `resp` is its refusal of ours as too new.
+    fn older_daemon_version(&self, resp: &Response<Incoming>) -> Option<String> {
+        if self.pinned || resp.status() != StatusCode::BAD_REQUEST {
+            return None;
         }
-        let resp = c.send(Method::GET, "/_ping", None, &[]).await?;
         let server = resp
             .headers()
             .get("Api-Version")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(FALLBACK_API_VERSION)
-            .to_string();
-        let _ = resp.into_body().collect().await;
-        if version_less(&server, CLIENT_API_VERSION) {
-            c.api_version = server;
-        }
-        debug!(api_version = %c.api_version, "negotiated");
-        Ok(c)
+            .and_then(|v| v.to_str().ok())?;
+        version_less(server, &self.api_version()).then(|| server.to_string())
     }
 
     /// The daemon address.
@@ -177,9 +184,12 @@ impl EngineClient {
         &self.host
     }
 
-    /// The negotiated API version.
-    pub fn api_version(&self) -> &str {
-        &self.api_version
+    /// The API version requests use now.
+    pub fn api_version(&self) -> String {
+        self.api_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     async fn connect(&self) -> Result<Box<dyn DaemonIo>> {
@@ -218,8 +228,28 @@ impl EngineClient {
     }
 
     /// Sends one request on a fresh connection; `path` is unversioned
-    /// ("/containers/json?all=1") except `/_ping`.
+    /// ("/containers/json?all=1") except `/_ping`. A daemon refusing our API
+    /// version as too new gets the request again with its own (see
+    /// [`EngineClient::negotiate`]).
     pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Bytes, &'static str)>,
+        extra_headers: &[(&'static str, &'static str)],
+    ) -> Result<Response<Incoming>> {
+        let resp = self
+            .send_once(method.clone(), path, body.clone(), extra_headers)
+            .await?;
+        let Some(server) = self.older_daemon_version(&resp) else {
+            return Ok(resp);
+        };
+        debug!(api_version = %server, "daemon speaks an older API version");
+        *self.api_version.lock().unwrap_or_else(|p| p.into_inner()) = server;
+        self.send_once(method, path, body, extra_headers).await
+    }
+
+    async fn send_once(
         &self,
         method: Method,
         path: &str,
@@ -229,7 +259,7 @@ impl EngineClient {
         let uri = if path == "/_ping" {
             path.to_string()
         } else {
-            format!("/v{}{}", self.api_version, path)
+            format!("/v{}{}", self.api_version(), path)
         };
         debug!(%method, %uri, "request");
         let io = self.connect().await?;
@@ -416,6 +446,110 @@ pub async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A daemon on a unix socket that speaks API 1.41 as dockerd does:
+    /// a newer version in the path gets 400 with `Api-Version: 1.41`
+    /// (`bad` requests get a 400 without that header). Returns the socket
+    /// and the request lines it saw.
+    fn old_daemon(
+        dir: &std::path::Path,
+        connections: usize,
+    ) -> (std::path::PathBuf, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let sock = dir.join("d.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..connections {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                }
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                seen.push(line.trim_end().to_string());
+                let (status, extra, body) = if path.contains("bad") {
+                    ("400 Bad Request", "", r#"{"message":"bad parameter"}"#)
+                } else if path.starts_with("/v1.44/") {
+                    (
+                        "400 Bad Request",
+                        "Api-Version: 1.41\r\n",
+                        r#"{"message":"client version 1.44 is too new. Maximum supported API version is 1.41"}"#,
+                    )
+                } else {
+                    ("200 OK", "Api-Version: 1.41\r\n", "[]")
+                };
+                let mut w = s;
+                write!(
+                    w,
+                    "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (sock, t)
+    }
+
+    fn client(sock: std::path::PathBuf) -> EngineClient {
+        EngineClient {
+            host: DaemonHost::Unix(sock),
+            api_version: std::sync::Arc::new(std::sync::Mutex::new(CLIENT_API_VERSION.into())),
+            pinned: false,
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn an_older_daemon_gets_the_request_again_in_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, daemon) = old_daemon(dir.path(), 3);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = client(sock);
+        rt.block_on(async {
+            let r = c.call(Method::GET, "/containers/json", None).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(c.api_version(), "1.41");
+            // Kept for the next request: no second refusal.
+            let r = c.call(Method::GET, "/images/json", None).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        });
+        assert_eq!(
+            daemon.join().unwrap(),
+            [
+                "GET /v1.44/containers/json HTTP/1.1",
+                "GET /v1.41/containers/json HTTP/1.1",
+                "GET /v1.41/images/json HTTP/1.1",
+            ]
+        );
+    }
+
+    #[test]
+    fn other_bad_requests_are_not_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, daemon) = old_daemon(dir.path(), 1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = client(sock);
+        let err = rt
+            .block_on(c.call(Method::GET, "/bad", None))
+            .unwrap_err();
+        assert!(err.to_string().contains("bad parameter"), "{err}");
+        assert_eq!(c.api_version(), CLIENT_API_VERSION);
+        assert_eq!(daemon.join().unwrap(), ["GET /v1.44/bad HTTP/1.1"]);
+    }
 
     #[test]
     fn query_and_versions() {

@@ -1,6 +1,6 @@
 //! `orca`: the Docker-compatible command line client. It speaks the Docker
-//! Engine API (HTTP/1.1 on a unix socket, version negotiated through
-//! `/_ping`) to orcad, or to any Docker-API daemon, and mirrors docker's
+//! Engine API (HTTP/1.1 on a unix socket, version negotiated from the
+//! daemon's answers) to orcad, or to any Docker-API daemon, and mirrors docker's
 //! commands, flags, output formats and exit codes.
 //!
 //! | module | concept |
