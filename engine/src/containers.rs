@@ -968,7 +968,12 @@ impl Containers {
             if !p.exists() && d.path().is_dir() {
                 // A removal whose background part did not finish.
                 let id = d.file_name().to_string_lossy().into_owned();
-                if let Err(e) = self.finish_removal(&id).await {
+                let ctx = self.clone_for_removal();
+                let finished = match ctx.delete_task(&id).await {
+                    Ok(()) => ctx.finish(&id).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = finished {
                     warn!(id, "completing an earlier removal: {e}");
                 }
                 continue;
@@ -2327,14 +2332,26 @@ impl Containers {
         let mut io = entry.io_running.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), io.wait_for(|r| !*r)).await;
         let io_done = t0.elapsed();
-        let task_gone = match self.delete_task(&id).await {
-            Ok(()) => true,
-            Err(s) if s.code() == tonic::Code::NotFound => true,
-            Err(s) => {
-                warn!(id, "deleting the task failed: {s}");
-                false
-            }
+        // An AutoRemove container (never restarted) is removed right below:
+        // its task goes with the rest of it, after `removed` (see
+        // `cleanup_resources`).
+        let deferred = {
+            let rec = entry.record();
+            rec.auto_remove
+                && matches!(
+                    RestartPolicy::from_host_config(&rec.host_config),
+                    Ok(RestartPolicy::No)
+                )
         };
+        let task_gone = deferred
+            || match self.delete_task(&id).await {
+                Ok(()) => true,
+                Err(s) if s.code() == tonic::Code::NotFound => true,
+                Err(s) => {
+                    warn!(id, "deleting the task failed: {s}");
+                    false
+                }
+            };
         let task_deleted = t0.elapsed();
         let _ = tokio::time::timeout(Duration::from_secs(2), io.wait_for(|r| !*r)).await;
         {
@@ -2438,6 +2455,7 @@ impl Containers {
         }
         if entry.record().auto_remove {
             let t0 = std::time::Instant::now();
+            let task_gone = task_gone && !deferred;
             if let Err(e) = self.remove_entry_after(&entry, task_gone).await {
                 warn!(id, "auto-remove failed: {e}");
             }
@@ -2769,10 +2787,10 @@ impl Containers {
     /// directory without `config.json` is the tombstone of such a removal:
     /// a restarted orcad completes it.
     async fn cleanup_resources(&self, id: &str, task_gone: bool, background: bool) -> Result<()> {
-        if !task_gone {
-            let _ = self.delete_task(id).await;
-        }
         if !background {
+            if !task_gone {
+                let _ = self.delete_task(id).await;
+            }
             return self.finish_removal(id).await;
         }
         let _ = fs::remove_file(self.dir(id).join("config.json"));
@@ -2780,7 +2798,16 @@ impl Containers {
         let me = self.clone_for_removal();
         let id = id.to_string();
         tokio::spawn(async move {
-            if let Err(e) = me.finish(&id).await {
+            let deleted = if task_gone {
+                Ok(())
+            } else {
+                me.delete_task(&id).await
+            };
+            let finished = match deleted {
+                Ok(()) => me.finish(&id).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = finished {
                 warn!(id, "removing a container's containerd records: {e} (retried at the next start)");
             }
             drop(guard);
@@ -3479,6 +3506,22 @@ impl RemovalCtx {
     /// either already gone is fine), then the /dev/shm mount, the record
     /// and the directories. On an error the record directory stays, the
     /// tombstone a restarted orcad completes.
+    /// `Tasks.Delete` (already gone is fine): what a removal deferred.
+    async fn delete_task(&self, id: &str) -> Result<()> {
+        match self
+            .ctrd
+            .tasks()
+            .delete(self.ctrd.req(tasks::DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(EngineError::grpc("delete task", s)),
+        }
+    }
+
     async fn finish(&self, id: &str) -> Result<()> {
         let delete_container = async {
             match self

@@ -30,14 +30,17 @@ use crate::runtime_cli::{resolve_binary, RuntimeCli, RuntimeStdio};
 /// `delete` bootstrap action after a shim died).
 pub const RUNTIME_FILE: &str = "orca-shim.json";
 
-/// Set when the shim should exit (after Delete + Shutdown).
+/// A flag set once and waited for.
 #[derive(Default)]
-pub struct ShutdownSignal {
+pub struct OneShot {
     done: Mutex<bool>,
     cv: Condvar,
 }
 
-impl ShutdownSignal {
+/// Set when the shim should exit (after Delete + Shutdown).
+pub type ShutdownSignal = OneShot;
+
+impl OneShot {
     pub fn fire(&self) {
         *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.cv.notify_all();
@@ -49,6 +52,16 @@ impl ShutdownSignal {
             g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
         }
     }
+
+    /// [`OneShot::wait`] for at most `d`; whether it was set.
+    pub fn wait_for(&self, d: Duration) -> bool {
+        let g = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, d, |done| !*done)
+            .unwrap_or_else(|e| e.into_inner());
+        *g
+    }
 }
 
 struct Container {
@@ -59,9 +72,21 @@ struct Container {
     execs: HashMap<String, Process>,
     /// `<bundle>/rootfs` when the shim mounted it.
     rootfs: Option<PathBuf>,
-    /// The runtime's `delete` already ran: right after the init's exit was
-    /// published (see [`TaskService::delete_runtime_state_early`]).
-    runtime_deleted: bool,
+    /// The runtime's `delete` right after the init's exit (see
+    /// [`TaskService::delete_runtime_state_early`]).
+    early_delete: EarlyDelete,
+    /// Fired once the OOM watch is set up (see `watch_oom`).
+    oom_armed: Arc<OneShot>,
+}
+
+/// Where the runtime's `delete` after the init's exit stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EarlyDelete {
+    NotRun,
+    /// On the `runtime-delete` thread, without the container lock:
+    /// `Delete` waits for it on [`Inner::early_delete_done`].
+    Running,
+    Done,
 }
 
 impl Container {
@@ -89,6 +114,8 @@ impl Container {
 struct Inner {
     namespace: String,
     container: Mutex<Option<Container>>,
+    /// Signalled (with `container`) when an early runtime delete ends.
+    early_delete_done: std::sync::Condvar,
     events: Publisher,
     shutdown: Arc<ShutdownSignal>,
 }
@@ -151,55 +178,75 @@ pub fn options_from_bootstrap(bytes: &[u8]) -> Option<Options> {
 
 /// Watches the container's memory cgroup for OOM kills and publishes
 /// TaskOOM: `memory.events` on a pure cgroup v2 host (see `oom`), else the
-/// v1 memory cgroup (`cgroup.event_control`).
-fn watch_oom(pid: u32, container_id: String, events: Publisher) {
+/// v1 memory cgroup (`cgroup.event_control`). Set up on the watcher's own
+/// thread, off Create's reply path; `armed` fires once the watch is set (or
+/// cannot be), and Start waits for it, so no OOM of the started process can
+/// go unseen.
+fn watch_oom(pid: u32, container_id: String, events: Publisher, armed: Arc<OneShot>) {
+    let spawned = std::thread::Builder::new()
+        .name("oom".into())
+        .stack_size(32 * 1024)
+        .spawn({
+            let armed = armed.clone();
+            move || {
+                let Some(watch) = arm_oom_watch(pid, container_id, events) else {
+                    armed.fire();
+                    return;
+                };
+                armed.fire();
+                watch();
+            }
+        });
+    if spawned.is_err() {
+        armed.fire();
+    }
+}
+
+/// Sets the OOM watch up; returns the v1 wait loop to run (the v2 watcher
+/// runs on a thread of its own).
+fn arm_oom_watch(
+    pid: u32,
+    container_id: String,
+    events: Publisher,
+) -> Option<impl FnOnce()> {
     if let Some(file) = crate::oom::memory_events_of(pid) {
         crate::oom::watch_memory_events(file, move || {
             let mut e = ev::TaskOOM::new();
             e.container_id = container_id.clone();
             events.publish(&e);
         });
-        return;
+        return None;
     }
-    let Some(dir) = crate::metrics::memory_cgroup_dir(pid) else {
-        return;
-    };
-    let Ok(oom) = fs::File::open(dir.join("memory.oom_control")) else {
-        return;
-    };
+    let dir = crate::metrics::memory_cgroup_dir(pid)?;
+    let oom = fs::File::open(dir.join("memory.oom_control")).ok()?;
     // SAFETY: eventfd has no memory preconditions; the result is checked.
     let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if efd < 0 {
-        return;
+        return None;
     }
     // SAFETY: efd is a fresh descriptor we own.
     let efd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) };
     use std::os::fd::AsRawFd;
     let line = format!("{} {}", efd.as_raw_fd(), oom.as_raw_fd());
-    if fs::write(dir.join("cgroup.event_control"), line).is_err() {
-        return;
-    }
-    let _ = std::thread::Builder::new()
-        .name("oom".into())
-        .stack_size(32 * 1024)
-        .spawn(move || {
-            let _oom = oom;
-            loop {
-                let mut buf = [0u8; 8];
-                // SAFETY: reads 8 bytes into buf from the eventfd we own.
-                let n = unsafe { libc::read(efd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
-                if n != 8 {
-                    return;
-                }
-                // The eventfd also fires when the cgroup is removed.
-                if !dir.exists() {
-                    return;
-                }
-                let mut e = ev::TaskOOM::new();
-                e.container_id = container_id.clone();
-                events.publish(&e);
+    fs::write(dir.join("cgroup.event_control"), line).ok()?;
+    Some(move || {
+        let _oom = oom;
+        loop {
+            let mut buf = [0u8; 8];
+            // SAFETY: reads 8 bytes into buf from the eventfd we own.
+            let n = unsafe { libc::read(efd.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+            if n != 8 {
+                return;
             }
-        });
+            // The eventfd also fires when the cgroup is removed.
+            if !dir.exists() {
+                return;
+            }
+            let mut e = ev::TaskOOM::new();
+            e.container_id = container_id.clone();
+            events.publish(&e);
+        }
+    })
 }
 
 impl TaskService {
@@ -208,6 +255,7 @@ impl TaskService {
             inner: Arc::new(Inner {
                 namespace: namespace.to_string(),
                 container: Mutex::new(None),
+                early_delete_done: std::sync::Condvar::new(),
                 events,
                 shutdown,
             }),
@@ -291,28 +339,45 @@ impl TaskService {
     /// Once the init's exit is published, the runtime's `delete` (which
     /// kills what is left in the container's cgroup — nothing when it has
     /// its own pid namespace —, runs the poststop hooks, removes the
-    /// cgroups and the runtime's state) runs at once on its own thread
-    /// instead of when `Delete` comes: the client's round trip from the
-    /// exit event to `Delete` overlaps it, and `Delete` waits for it on the
-    /// container lock. A stopped container has no further use for that
-    /// state: `Kill`, `Exec`, `Pause`, `Update` and `Stats` refuse an
+    /// cgroups and the runtime's state) runs at once on its own thread,
+    /// without the container lock, instead of when `Delete` comes: the
+    /// client's round trip from the exit event to `Delete` overlaps it, and
+    /// `Delete` waits for it. A stopped container has no further use for
+    /// that state: `Kill`, `Exec`, `Pause`, `Update` and `Stats` refuse an
     /// exited init, `State` and `Wait` answer from the shim's own record,
-    /// `Pids` answers an empty list. On a failure `Delete` tries again and
-    /// reports it.
+    /// `Pids` answers an empty list. On a failure `Delete` runs it again
+    /// and reports it.
     fn delete_runtime_state_early(&self, cid: String) {
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("runtime-delete".into())
             .stack_size(128 * 1024)
             .spawn(move || {
+                let runtime = {
+                    let mut g = me.lock();
+                    let Some(c) = g.as_mut() else { return };
+                    if c.id != cid
+                        || c.early_delete != EarlyDelete::NotRun
+                        || c.init.exited().is_none()
+                    {
+                        return;
+                    }
+                    c.early_delete = EarlyDelete::Running;
+                    c.runtime.clone()
+                };
+                let result = runtime.delete(&cid, true);
                 let mut g = me.lock();
-                let Some(c) = g.as_mut() else { return };
-                if c.id != cid || c.runtime_deleted || c.init.exited().is_none() {
-                    return;
+                if let Some(c) = g.as_mut().filter(|c| c.id == cid) {
+                    c.early_delete = if result.is_ok() {
+                        EarlyDelete::Done
+                    } else {
+                        EarlyDelete::NotRun
+                    };
                 }
-                match c.runtime.delete(&c.id, true) {
-                    Ok(()) => c.runtime_deleted = true,
-                    Err(e) => crate::warn!("runtime delete after the exit: {e}"),
+                drop(g);
+                me.inner.early_delete_done.notify_all();
+                if let Err(e) = result {
+                    crate::warn!("runtime delete after the exit: {e}");
                 }
             });
         if let Err(e) = spawned {
@@ -449,7 +514,13 @@ impl TaskService {
         e.checkpoint = req.checkpoint.clone();
         e.pid = pid;
         self.inner.events.publish(&e);
-        watch_oom(pid, req.id.clone(), self.inner.events.clone());
+        let oom_armed = Arc::new(OneShot::default());
+        watch_oom(
+            pid,
+            req.id.clone(),
+            self.inner.events.clone(),
+            oom_armed.clone(),
+        );
         *g = Some(Container {
             id: req.id.clone(),
             bundle,
@@ -457,7 +528,8 @@ impl TaskService {
             init,
             execs: HashMap::new(),
             rootfs,
-            runtime_deleted: false,
+            early_delete: EarlyDelete::NotRun,
+            oom_armed,
         });
         let mut r = api::CreateTaskResponse::new();
         r.pid = pid;
@@ -514,6 +586,9 @@ impl TaskService {
                     "container {:?} is not in the created state",
                     c.id
                 )));
+            }
+            if !c.oom_armed.wait_for(Duration::from_secs(2)) {
+                crate::warn!("the OOM watch is not set up yet; starting anyway");
             }
             c.runtime.start(&c.id)?;
             c.init.status = Status::Running;
@@ -581,6 +656,16 @@ impl TaskService {
 
     fn do_delete(&self, req: api::DeleteRequest) -> Result<api::DeleteResponse> {
         let mut g = self.lock();
+        while req.exec_id.is_empty()
+            && g.as_ref()
+                .is_some_and(|c| c.early_delete == EarlyDelete::Running)
+        {
+            g = self
+                .inner
+                .early_delete_done
+                .wait(g)
+                .unwrap_or_else(|e| e.into_inner());
+        }
         let c = Self::container(&mut g, &req.id)?;
         let mut r = api::DeleteResponse::new();
         if !req.exec_id.is_empty() {
@@ -610,7 +695,7 @@ impl TaskService {
                 c.id
             )));
         }
-        if !c.runtime_deleted {
+        if c.early_delete != EarlyDelete::Done {
             c.runtime.delete(&c.id, true)?;
         }
         if c.init.exited().is_none() {
@@ -763,7 +848,7 @@ impl TaskService {
     fn do_pids(&self, req: api::PidsRequest) -> Result<api::PidsResponse> {
         let mut g = self.lock();
         let c = Self::container(&mut g, &req.id)?;
-        let pids = if c.runtime_deleted {
+        let pids = if c.early_delete != EarlyDelete::NotRun {
             Vec::new()
         } else {
             c.runtime.ps(&c.id)?
