@@ -302,6 +302,9 @@ pub struct Entry {
     /// first start (later starts, and starts after an orcad restart, ask
     /// `Snapshots.Mounts`: an active snapshot's mounts never change).
     rootfs_mounts: Mutex<Option<Vec<orca_proto::types::Mount>>>,
+    /// The supervisor reported an OOM kill in the container during this
+    /// run (`/tasks/oom`): `State.OOMKilled` at its exit, as dockerd.
+    oom_seen: watch::Sender<bool>,
 }
 
 impl Entry {
@@ -315,6 +318,7 @@ impl Entry {
             stdin: Arc::new(StdinPipe::default()),
             restart: Mutex::new(RestartState::default()),
             rootfs_mounts: Mutex::new(None),
+            oom_seen: watch::channel(false).0,
         })
     }
 
@@ -765,7 +769,56 @@ impl Containers {
             removals: Arc::new(tokio::sync::RwLock::new(())),
         });
         c.load().await;
+        tokio::spawn(c.clone().watch_ooms());
         Ok(c)
+    }
+
+    /// Follows the supervisor's `/tasks/oom` events of our namespace for as
+    /// long as orcad runs (resubscribing after the supervisor restarts):
+    /// each marks its container's run as OOM-killed and is reported as
+    /// docker's `oom` event.
+    async fn watch_ooms(self: Arc<Self>) {
+        use orca_proto::events::events_client::EventsClient;
+        use orca_proto::prost::Message;
+        let filter = format!(
+            "topic==\"/tasks/oom\",namespace=={}",
+            self.ctrd.namespace()
+        );
+        loop {
+            let sub = EventsClient::new(self.ctrd.channel())
+                .subscribe(orca_proto::events::SubscribeRequest {
+                    filters: vec![filter.clone()],
+                })
+                .await;
+            if let Ok(stream) = sub {
+                let mut stream = stream.into_inner();
+                while let Ok(Some(env)) = stream.message().await {
+                    let Some(any) = env.event else { continue };
+                    let Ok(oom) = orca_proto::containerd::events::TaskOom::decode(&any.value[..])
+                    else {
+                        continue;
+                    };
+                    let Some(entry) = self.map_get(&oom.container_id) else {
+                        continue;
+                    };
+                    entry.oom_seen.send_replace(true);
+                    info!(id = %oom.container_id, "container OOM-killed");
+                    self.events.container("oom", &entry.record(), &[]);
+                }
+            }
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn map_get(&self, id: &str) -> Option<Arc<Entry>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Daemon shutdown. Without live-restore every running container is
@@ -2118,6 +2171,7 @@ impl Containers {
             r.state.paused = false;
             r.state.pid = pid;
             r.state.exit_code = 0;
+            r.state.oom_killed = false;
             r.state.error = String::new();
             r.state.started_at = util::now();
             r.state.finished_at = util::ZERO_TIME.into();
@@ -2327,6 +2381,13 @@ impl Containers {
                 (255, chrono::Utc::now())
             }
         };
+        // A kill by the OOM killer is reported on the event stream, which
+        // may trail the exit: a SIGKILLed process gets a moment for it.
+        if code == 128 + libc::SIGKILL as i64 && !*entry.oom_seen.borrow() {
+            let mut seen = entry.oom_seen.subscribe();
+            let _ = tokio::time::timeout(Duration::from_millis(200), seen.wait_for(|s| *s)).await;
+        }
+        let oom_killed = entry.oom_seen.send_replace(false);
         let t0 = std::time::Instant::now();
         entry.stdin.set(StdinState::NotOpen);
         let mut io = entry.io_running.subscribe();
@@ -2382,6 +2443,7 @@ impl Containers {
                 r.state.paused = false;
                 r.state.pid = 0;
                 r.state.exit_code = code;
+                r.state.oom_killed = oom_killed;
                 r.state.finished_at = util::rfc3339(at);
                 r.stdio = None;
                 if delay.is_some() {

@@ -563,6 +563,81 @@ fn docker_run_resources_security_and_mounts() {
     assert_success(&o.docker(&["rm", &cid], T), "docker rm");
 }
 
+/// A container killed by the OOM killer: exit 137, `State.OOMKilled`, and
+/// docker's `oom` event (from containerd's `/tasks/oom`); a later run of
+/// the same container that exits normally clears the flag.
+#[test]
+fn docker_oom_kill_is_reported() {
+    let (_c, o, _reg, image) = orcad_with_busybox(T);
+    let name = unique_name("oom");
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // `tail` keeps the whole newline-free input in memory; once /ok exists
+    // the container exits 0 instead.
+    let out = o.docker(
+        &[
+            "run",
+            "--name",
+            &name,
+            "-m",
+            "16m",
+            &image,
+            "sh",
+            "-c",
+            "[ -e /ok ] || head -c 200m /dev/zero | tail",
+        ],
+        T,
+    );
+    assert_eq!(out.status.code(), Some(137), "stderr: {}", stderr(&out));
+    let inspect = |o: &Orcad| {
+        let out = o.docker(
+            &["inspect", "-f", "{{.State.OOMKilled}} {{.State.ExitCode}}", &name],
+            T,
+        );
+        assert_success(&out, "docker inspect");
+        stdout(&out).trim().to_string()
+    };
+    assert_eq!(inspect(&o), "true 137");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (since, until) = (t0.to_string(), (now + 1).to_string());
+    let out = o.docker(
+        &[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "event=oom",
+            "--format",
+            "{{.Actor.Attributes.name}} {{.Action}}",
+        ],
+        T,
+    );
+    assert_success(&out, "docker events");
+    assert!(
+        stdout(&out).contains(&format!("{name} oom")),
+        "{}",
+        stdout(&out)
+    );
+    // The next run of the same container exits normally: the flag goes.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ok"), "").unwrap();
+    let src = dir.path().join("ok").display().to_string();
+    assert_success(
+        &o.docker(&["cp", &src, &format!("{name}:/ok")], T),
+        "docker cp",
+    );
+    let out = o.docker(&["start", "-a", &name], T);
+    assert_success(&out, "docker start -a");
+    assert_eq!(inspect(&o), "false 0");
+}
+
 #[test]
 fn docker_image_tag_rmi_inspect_history() {
     let (_c, o, _reg, image) = orcad_with_busybox(T);
