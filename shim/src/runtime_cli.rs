@@ -166,6 +166,9 @@ impl RuntimeCli {
             )));
         }
         let mut cmd = self.command(&args);
+        if matches!(what.as_str(), "create" | "exec" | "run") {
+            read_only_binary_for(&mut cmd, &self.binary);
+        }
         let capture = stdio.stdout.is_none();
         cmd.stdin(match (stdio.stdin, input) {
             (Some(fd), _) => Stdio::from(fd),
@@ -308,6 +311,49 @@ impl RuntimeCli {
             None,
         )
         .map(drop)
+    }
+}
+
+/// For the commands that put a process into a container: the runtime is
+/// executed in a mount namespace of its own (a slave of ours, so nothing
+/// propagates back) where its binary is bind-mounted read-only over
+/// itself, so `/proc/<pid>/exe` of everything it forks cannot be opened for
+/// writing (CVE-2019-5736). A runtime that checks this itself (orca-runtime
+/// does, as runc 1.2) then skips the re-exec it would otherwise do for the
+/// same protection; one that does not is unaffected. Any step that fails
+/// leaves the runtime to protect itself.
+fn read_only_binary_for(cmd: &mut Command, binary: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let Ok(bin) = std::ffi::CString::new(binary.as_os_str().as_bytes()) else {
+        return;
+    };
+    if !binary.is_absolute() {
+        return;
+    }
+    let root = c"/";
+    // SAFETY: between fork and exec the closure makes only raw syscalls
+    // (unshare, mount) on strings allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Ok(());
+            }
+            let none = std::ptr::null::<libc::c_char>();
+            if libc::mount(none, root.as_ptr(), none, libc::MS_SLAVE | libc::MS_REC, std::ptr::null()) != 0
+                || libc::mount(bin.as_ptr(), bin.as_ptr(), none, libc::MS_BIND, std::ptr::null()) != 0
+            {
+                return Ok(());
+            }
+            libc::mount(
+                none,
+                bin.as_ptr(),
+                none,
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            );
+            Ok(())
+        });
     }
 }
 
