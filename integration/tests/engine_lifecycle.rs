@@ -1163,3 +1163,39 @@ fn live_restore_with_the_managed_supervisor() {
     docker_ok(&d, &["rm", "-f", &name]);
     assert!(!Path::new(&format!("/proc/{pid}")).exists());
 }
+
+/// A removal interrupted after the record went (orcad killed before its
+/// background part: the containerd container, the rootfs snapshot and the
+/// directories) is completed by the next orcad: the record directory
+/// without `config.json` is the tombstone it finds.
+#[test]
+fn restarted_orcad_completes_an_interrupted_removal() {
+    require_root();
+    require_tool(DOCKER_CLI);
+    let c = Containerd::start();
+    let mut d = Orcad::start_with(&c.socket(), &[]);
+    let (_reg, image) = Registry::with_busybox();
+    docker_ok(&d, &["pull", &image]);
+    let name = unique_name("tomb");
+    let id = docker_ok(&d, &["create", "--name", &name, &image, "true"])
+        .trim()
+        .to_string();
+    let listed = |what: &str| out(&c.ctr_ns("orca", &[what, "ls"])).contains(&id);
+    assert!(listed("containers") && listed("snapshots"));
+    // What a kill between the two parts of `rm` leaves: orcad gone, the
+    // record unlinked, everything else still there.
+    d.stop();
+    let record_dir = d.data_root().join("containers").join(&id);
+    fs::remove_file(record_dir.join("config.json")).unwrap();
+    assert!(record_dir.join("hostname").exists());
+    d.start_again(&[]);
+    assert!(!listed("containers"), "containerd container left");
+    assert!(!listed("snapshots"), "rootfs snapshot left");
+    assert!(!record_dir.exists(), "record directory left");
+    assert!(!d.path("exec").join("containers").join(&id).exists());
+    let ps = docker_ok(&d, &["ps", "-aq"]);
+    assert!(!ps.contains(&id[..12]), "{ps}");
+    // The name is free again.
+    docker_ok(&d, &["create", "--name", &name, &image, "true"]);
+    d.remove_all_containers(T);
+}
