@@ -498,6 +498,13 @@ mod tests {
         (sock, t)
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     fn client(sock: std::path::PathBuf) -> EngineClient {
         EngineClient {
             host: DaemonHost::Unix(sock),
@@ -511,10 +518,7 @@ mod tests {
     fn an_older_daemon_gets_the_request_again_in_its_version() {
         let dir = tempfile::tempdir().unwrap();
         let (sock, daemon) = old_daemon(dir.path(), 3);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let c = client(sock);
         rt.block_on(async {
             let r = c.call(Method::GET, "/containers/json", None).await.unwrap();
@@ -538,14 +542,9 @@ mod tests {
     fn other_bad_requests_are_not_sent_again() {
         let dir = tempfile::tempdir().unwrap();
         let (sock, daemon) = old_daemon(dir.path(), 1);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let c = client(sock);
-        let err = rt
-            .block_on(c.call(Method::GET, "/bad", None))
-            .unwrap_err();
+        let err = rt.block_on(c.call(Method::GET, "/bad", None)).unwrap_err();
         assert!(err.to_string().contains("bad parameter"), "{err}");
         assert_eq!(c.api_version(), CLIENT_API_VERSION);
         assert_eq!(daemon.join().unwrap(), ["GET /v1.44/bad HTTP/1.1"]);

@@ -780,10 +780,7 @@ impl Containers {
     async fn watch_ooms(self: Arc<Self>) {
         use orca_proto::events::events_client::EventsClient;
         use orca_proto::prost::Message;
-        let filter = format!(
-            "topic==\"/tasks/oom\",namespace=={}",
-            self.ctrd.namespace()
-        );
+        let filter = format!("topic==\"/tasks/oom\",namespace=={}", self.ctrd.namespace());
         loop {
             let sub = EventsClient::new(self.ctrd.channel())
                 .subscribe(orca_proto::events::SubscribeRequest {
@@ -2870,7 +2867,10 @@ impl Containers {
                 Err(e) => Err(e),
             };
             if let Err(e) = finished {
-                warn!(id, "removing a container's containerd records: {e} (retried at the next start)");
+                warn!(
+                    id,
+                    "removing a container's containerd records: {e} (retried at the next start)"
+                );
             }
             drop(guard);
         });

@@ -593,7 +593,12 @@ fn docker_oom_kill_is_reported() {
     assert_eq!(out.status.code(), Some(137), "stderr: {}", stderr(&out));
     let inspect = |o: &Orcad| {
         let out = o.docker(
-            &["inspect", "-f", "{{.State.OOMKilled}} {{.State.ExitCode}}", &name],
+            &[
+                "inspect",
+                "-f",
+                "{{.State.OOMKilled}} {{.State.ExitCode}}",
+                &name,
+            ],
             T,
         );
         assert_success(&out, "docker inspect");

@@ -1018,10 +1018,44 @@ mod tests {
     #[test]
     fn hot_path_agrees_with_clap() {
         let taken: &[&[&str]] = &[
-            &["--root", "/r", "--log", "/b/log.json", "--log-format", "json", "create", "--bundle", "/b", "--pid-file", "/b/init.pid", "abc"],
-            &["--root=/r", "--log=/l", "--log-format=text", "create", "-b", "/b", "--console-socket", "/s.sock", "--no-pivot", "--no-new-keyring", "--preserve-fds", "2", "abc"],
+            &[
+                "--root",
+                "/r",
+                "--log",
+                "/b/log.json",
+                "--log-format",
+                "json",
+                "create",
+                "--bundle",
+                "/b",
+                "--pid-file",
+                "/b/init.pid",
+                "abc",
+            ],
+            &[
+                "--root=/r",
+                "--log=/l",
+                "--log-format=text",
+                "create",
+                "-b",
+                "/b",
+                "--console-socket",
+                "/s.sock",
+                "--no-pivot",
+                "--no-new-keyring",
+                "--preserve-fds",
+                "2",
+                "abc",
+            ],
             &["--root", "/r", "create", "abc", "--bundle=/b", "-d"],
-            &["--root", "/r", "--systemd-cgroup", "--debug", "start", "abc"],
+            &[
+                "--root",
+                "/r",
+                "--systemd-cgroup",
+                "--debug",
+                "start",
+                "abc",
+            ],
             &["start", "abc"],
             &["--root", "/r", "delete", "--force", "abc"],
             &["delete", "abc", "-f"],
@@ -1033,8 +1067,9 @@ mod tests {
         for line in taken {
             let args: Vec<String> = line.iter().map(|s| s.to_string()).collect();
             let hot = parse_hot_path(&args).unwrap_or_else(|| panic!("not taken: {line:?}"));
-            let full = Cli::try_parse_from(std::iter::once("orca-runtime").chain(line.iter().copied()))
-                .unwrap_or_else(|e| panic!("clap rejects {line:?}: {e}"));
+            let full =
+                Cli::try_parse_from(std::iter::once("orca-runtime").chain(line.iter().copied()))
+                    .unwrap_or_else(|e| panic!("clap rejects {line:?}: {e}"));
             assert_eq!(format!("{hot:?}"), format!("{full:?}"), "{line:?}");
         }
         let left: &[&[&str]] = &[

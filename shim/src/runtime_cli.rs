@@ -340,8 +340,20 @@ fn read_only_binary_for(cmd: &mut Command, binary: &Path) {
                 return Ok(());
             }
             let none = std::ptr::null::<libc::c_char>();
-            if libc::mount(none, root.as_ptr(), none, libc::MS_SLAVE | libc::MS_REC, std::ptr::null()) != 0
-                || libc::mount(bin.as_ptr(), bin.as_ptr(), none, libc::MS_BIND, std::ptr::null()) != 0
+            if libc::mount(
+                none,
+                root.as_ptr(),
+                none,
+                libc::MS_SLAVE | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+                || libc::mount(
+                    bin.as_ptr(),
+                    bin.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
             {
                 return Ok(());
             }

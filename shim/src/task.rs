@@ -204,11 +204,7 @@ fn watch_oom(pid: u32, container_id: String, events: Publisher, armed: Arc<OneSh
 
 /// Sets the OOM watch up; returns the v1 wait loop to run (the v2 watcher
 /// runs on a thread of its own).
-fn arm_oom_watch(
-    pid: u32,
-    container_id: String,
-    events: Publisher,
-) -> Option<impl FnOnce()> {
+fn arm_oom_watch(pid: u32, container_id: String, events: Publisher) -> Option<impl FnOnce()> {
     if let Some(file) = crate::oom::memory_events_of(pid) {
         crate::oom::watch_memory_events(file, move || {
             let mut e = ev::TaskOOM::new();
