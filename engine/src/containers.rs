@@ -795,7 +795,7 @@ impl Containers {
                     else {
                         continue;
                     };
-                    let Some(entry) = self.map_get(&oom.container_id) else {
+                    let Ok(entry) = self.lookup(&oom.container_id) else {
                         continue;
                     };
                     entry.oom_seen.send_replace(true);
@@ -808,14 +808,6 @@ impl Containers {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    }
-
-    fn map_get(&self, id: &str) -> Option<Arc<Entry>> {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
     }
 
     /// Daemon shutdown. Without live-restore every running container is
@@ -3563,11 +3555,6 @@ struct RemovalCtx {
 }
 
 impl RemovalCtx {
-    /// The containerd container and its rootfs snapshot (independent
-    /// records, one transaction each in the supervisor, so both go at once;
-    /// either already gone is fine), then the /dev/shm mount, the record
-    /// and the directories. On an error the record directory stays, the
-    /// tombstone a restarted orcad completes.
     /// `Tasks.Delete` (already gone is fine): what a removal deferred.
     async fn delete_task(&self, id: &str) -> Result<()> {
         match self
@@ -3584,6 +3571,11 @@ impl RemovalCtx {
         }
     }
 
+    /// The containerd container and its rootfs snapshot (independent
+    /// records, one transaction each in the supervisor, so both go at once;
+    /// either already gone is fine), then the /dev/shm mount, the record
+    /// and the directories. On an error the record directory stays, the
+    /// tombstone a restarted orcad completes.
     async fn finish(&self, id: &str) -> Result<()> {
         let delete_container = async {
             match self
