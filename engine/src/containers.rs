@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -732,7 +732,7 @@ pub struct Containers {
     shutting_down: AtomicBool,
     /// Set at a live-restore shutdown: stdio copiers stop at a line
     /// boundary and leave the rest in the FIFOs for the next orcad.
-    stop_copiers: Arc<AtomicBool>,
+    stop_copiers: watch::Sender<bool>,
     /// Held (read) by each removal still finishing in the background (the
     /// containerd container, the rootfs snapshot, the directories); taken
     /// (write) by what must see them gone: image removal and prune, daemon
@@ -765,7 +765,7 @@ impl Containers {
             networks,
             volumes,
             shutting_down: AtomicBool::new(false),
-            stop_copiers: Arc::new(AtomicBool::new(false)),
+            stop_copiers: watch::Sender::new(false),
             removals: Arc::new(tokio::sync::RwLock::new(())),
         });
         c.load().await;
@@ -827,7 +827,7 @@ impl Containers {
     async fn stop_at_shutdown(self: &Arc<Self>, live_restore: bool, timeout: Duration) {
         let entries = self.entries();
         if live_restore {
-            self.stop_copiers.store(true, Ordering::SeqCst);
+            self.stop_copiers.send_replace(true);
             for e in &entries {
                 let mut io = e.io_running.subscribe();
                 let _ = tokio::time::timeout(Duration::from_secs(2), io.wait_for(|r| !*r)).await;
@@ -1187,22 +1187,14 @@ impl Containers {
 
     /// Starts the stdio copier threads (`reattach`: the FIFOs already have
     /// writers, open them without waiting).
-    fn spawn_copiers(
-        &self,
-        entry: &Arc<Entry>,
-        fifos: &[(u8, PathBuf)],
-        log: Arc<Mutex<JsonLog>>,
-        reattach: bool,
-    ) {
+    fn spawn_copiers(&self, entry: &Arc<Entry>, fifos: &[(u8, PathBuf)], log: Arc<Mutex<JsonLog>>) {
         entry.io_running.send_replace(true);
         let mut handles = Vec::new();
         for (sid, p) in fifos.iter().cloned() {
             let log = log.clone();
             let tx = entry.streams.clone();
-            let stop = self.stop_copiers.clone();
-            handles.push(tokio::task::spawn_blocking(move || {
-                copy_stream(&p, sid, &log, &tx, &stop, reattach)
-            }));
+            let stop = self.stop_copiers.subscribe();
+            handles.push(tokio::spawn(copy_stream(p, sid, log, tx, stop)));
         }
         let entry = entry.clone();
         tokio::spawn(async move {
@@ -1221,7 +1213,7 @@ impl Containers {
         let rec = entry.record();
         let (fifos, stdin) = self.stdio_fifos(&rec);
         match self.open_log(&rec) {
-            Ok(log) => self.spawn_copiers(entry, &fifos, log, true),
+            Ok(log) => self.spawn_copiers(entry, &fifos, log),
             Err(e) => warn!(id = %rec.id, "cannot reopen the container log: {e}"),
         }
         if let Some(p) = stdin {
@@ -1555,12 +1547,12 @@ impl Containers {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             let name = match name.filter(|n| !n.is_empty()) {
                 Some(n) => format!("/{}", n.trim_start_matches('/')),
-                None => loop {
-                    let n = format!("/{}", util::random_name());
-                    if !map.values().any(|e| e.record().name == n) {
-                        break n;
-                    }
-                },
+                // As dockerd: a few random names (a digit appended after the
+                // first), then the short id.
+                None => (0..6)
+                    .map(|retry| format!("/{}", util::random_name(retry)))
+                    .find(|n| !map.values().any(|e| e.record().name == *n))
+                    .unwrap_or_else(|| format!("/{}", &id[..12])),
             };
             if let Some(other) = map.values().find(|e| e.record().name == name) {
                 return Err(EngineError::Conflict(format!(
@@ -2036,7 +2028,7 @@ impl Containers {
             .map_err(EngineError::internal)??;
         }
 
-        // stdio FIFOs, read by blocking copier threads.
+        // stdio FIFOs, read by copier tasks.
         let xdir = self.exec_dir(&id);
         fs::create_dir_all(&xdir)?;
         let tty = rec.config.tty;
@@ -2056,7 +2048,7 @@ impl Containers {
             None
         };
         let log = self.open_log(&rec)?;
-        self.spawn_copiers(entry, &fifos, log, false);
+        self.spawn_copiers(entry, &fifos, log);
         let unblock = |fifos: &[(u8, PathBuf)]| {
             for (_, p) in fifos {
                 // Opening the write side releases a reader blocked in open;
@@ -3185,67 +3177,55 @@ pub(crate) fn set_blocking(f: &File) {
     }
 }
 
-fn set_nonblocking(f: &File) {
-    if let Ok(fl) = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL) {
-        let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
-        let _ = nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(fl));
-    }
-}
-
-/// Reads one stdio FIFO until EOF: json-file log lines plus fan-out.
+/// Reads one stdio FIFO until EOF: json-file log lines plus fan-out. A task
+/// on the runtime, not a thread: with hundreds of running containers, a
+/// blocking reader per stream would exhaust tokio's blocking pool.
 ///
-/// A fresh task's FIFO is opened blocking (until the shim opens its write
-/// side); a `reattach`ed one without waiting. Reads are non-blocking after
-/// a 100 ms poll, so EOF (no writer left) is seen in every case, and `stop`
-/// (live-restore shutdown) ends the copy at a line boundary, leaving the
-/// rest in the FIFO for the next orcad.
-pub(crate) fn copy_stream(
-    path: &Path,
+/// The FIFO is opened non-blocking, which succeeds with or without a writer;
+/// reads wait until the shim's write side has been opened (a Linux FIFO
+/// reports no hang-up before its first writer) and end at EOF, when the last
+/// writer closed it. `stop` (live-restore shutdown) ends the copy at a line
+/// boundary (waiting at most 1 s for the rest of a line), leaving what
+/// follows in the FIFO for the next orcad.
+pub(crate) async fn copy_stream(
+    path: PathBuf,
     sid: u8,
-    log: &Mutex<JsonLog>,
-    tx: &broadcast::Sender<StreamMsg>,
-    stop: &AtomicBool,
-    reattach: bool,
+    log: Arc<Mutex<JsonLog>>,
+    tx: broadcast::Sender<StreamMsg>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    let opened = if reattach {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-    } else {
-        File::open(path)
-    };
-    let mut f = match opened {
+    use tokio::io::AsyncReadExt;
+    let mut f = match tokio::net::unix::pipe::OpenOptions::new().open_receiver(&path) {
         Ok(f) => f,
         Err(e) => {
             warn!(path = %path.display(), "cannot open stdio fifo: {e}");
             return;
         }
     };
-    set_nonblocking(&f);
     let name = if sid == 2 { "stderr" } else { "stdout" };
     let mut buf = vec![0u8; 32 * 1024];
     let mut pending: Vec<u8> = Vec::new();
-    let mut stop_deadline: Option<std::time::Instant> = None;
+    let mut stop_deadline: Option<tokio::time::Instant> = None;
     loop {
-        if stop.load(Ordering::Relaxed) {
-            let d = *stop_deadline
-                .get_or_insert_with(|| std::time::Instant::now() + Duration::from_secs(1));
-            if pending.is_empty() || std::time::Instant::now() > d {
-                break;
-            }
+        if stop_deadline.is_some() && pending.is_empty() {
+            break;
         }
-        {
-            let mut fds = [nix::poll::PollFd::new(
-                f.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
-        }
-        let n = match f.read(&mut buf) {
+        let read = match stop_deadline {
+            None => tokio::select! {
+                r = f.read(&mut buf) => r,
+                _ = stop.wait_for(|s| *s) => {
+                    stop_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    continue;
+                }
+            },
+            Some(d) => match tokio::time::timeout_at(d, f.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => break,
+            },
+        };
+        let n = match read {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 warn!(path = %path.display(), "reading stdio fifo: {e}");
@@ -3256,15 +3236,15 @@ pub(crate) fn copy_stream(
         pending.extend_from_slice(&buf[..n]);
         while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=pos).collect();
-            write_log_line(log, name, &line);
+            write_log_line(&log, name, &line);
         }
         if pending.len() >= 16 * 1024 {
             let chunk = std::mem::take(&mut pending);
-            write_log_line(log, name, &chunk);
+            write_log_line(&log, name, &chunk);
         }
     }
     if !pending.is_empty() {
-        write_log_line(log, name, &pending);
+        write_log_line(&log, name, &pending);
     }
 }
 
@@ -3508,6 +3488,106 @@ async fn stream_logs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copier waits for the FIFO's first writer (no early EOF), copies what
+    /// comes into the log and to attach clients, and ends at the writer's close.
+    #[tokio::test]
+    async fn stdio_copier_waits_for_the_writer_and_ends_at_its_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("init-stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let log_path = dir.path().join("log.json");
+        let log = Arc::new(Mutex::new(
+            JsonLog::open(
+                &log_path,
+                LogLimits {
+                    max_size: None,
+                    max_file: 1,
+                },
+            )
+            .unwrap(),
+        ));
+        let (tx, mut rx) = broadcast::channel(16);
+        let (_stop, stop_rx) = watch::channel(false);
+        let copier = tokio::spawn(copy_stream(fifo.clone(), 1, log, tx, stop_rx));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !copier.is_finished(),
+            "the copier ended before any writer came"
+        );
+        let p = fifo.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut w = OpenOptions::new().write(true).open(&p).unwrap();
+            w.write_all(b"one\ntwo").unwrap();
+        })
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), copier)
+            .await
+            .expect("the copier did not end at the writer's close")
+            .unwrap();
+        match rx.recv().await.unwrap() {
+            StreamMsg::Data(1, b) => assert_eq!(&b[..], b"one\ntwo"),
+            _ => panic!("expected stdout data"),
+        }
+        let text = fs::read_to_string(&log_path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["log"], "one\n");
+        assert_eq!(lines[1]["log"], "two");
+        assert_eq!(lines[1]["stream"], "stdout");
+    }
+
+    /// At a live-restore stop the copier finishes the line it is in and leaves
+    /// the rest in the FIFO.
+    #[tokio::test]
+    async fn stdio_copier_stops_at_a_line_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("init-stderr");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let log_path = dir.path().join("log.json");
+        let log = Arc::new(Mutex::new(
+            JsonLog::open(
+                &log_path,
+                LogLimits {
+                    max_size: None,
+                    max_file: 1,
+                },
+            )
+            .unwrap(),
+        ));
+        let (tx, _rx) = broadcast::channel(16);
+        let (stop, stop_rx) = watch::channel(false);
+        let copier = tokio::spawn(copy_stream(fifo.clone(), 2, log, tx, stop_rx));
+        // Held open read-write too, so the FIFO never reaches EOF here.
+        let mut w = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        w.write_all(b"half").unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send_replace(true);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!copier.is_finished(), "stopped in the middle of a line");
+        w.write_all(b" line\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), copier)
+            .await
+            .expect("the copier did not stop after the line")
+            .unwrap();
+        w.write_all(b"next\n").unwrap();
+        let text = fs::read_to_string(&log_path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["log"], "half line\n");
+        assert_eq!(lines[0]["stream"], "stderr");
+    }
 
     #[test]
     fn names_and_signals() {

@@ -162,25 +162,205 @@ pub fn human_duration(d: chrono::Duration) -> String {
 }
 
 const ADJECTIVES: &[&str] = &[
-    "admiring", "brave", "busy", "clever", "cool", "eager", "elegant", "focused", "gallant",
-    "happy", "jolly", "keen", "kind", "loving", "modest", "nifty", "quirky", "relaxed", "sharp",
-    "stoic", "tender", "vibrant", "wizardly", "zealous",
+    "admiring",
+    "agile",
+    "amazing",
+    "artful",
+    "blissful",
+    "bold",
+    "brave",
+    "bright",
+    "busy",
+    "calm",
+    "careful",
+    "charming",
+    "cheerful",
+    "clever",
+    "cool",
+    "curious",
+    "daring",
+    "dazzling",
+    "determined",
+    "diligent",
+    "dreamy",
+    "eager",
+    "earnest",
+    "elegant",
+    "epic",
+    "fearless",
+    "festive",
+    "fond",
+    "focused",
+    "friendly",
+    "funny",
+    "gallant",
+    "gentle",
+    "gifted",
+    "glad",
+    "graceful",
+    "happy",
+    "hardy",
+    "hopeful",
+    "humble",
+    "jolly",
+    "jovial",
+    "keen",
+    "kind",
+    "lively",
+    "loving",
+    "lucid",
+    "merry",
+    "mellow",
+    "modest",
+    "musing",
+    "nifty",
+    "noble",
+    "patient",
+    "peaceful",
+    "playful",
+    "plucky",
+    "polite",
+    "proud",
+    "quick",
+    "quiet",
+    "quirky",
+    "radiant",
+    "relaxed",
+    "sharp",
+    "serene",
+    "sincere",
+    "sleepy",
+    "snappy",
+    "spirited",
+    "steady",
+    "stoic",
+    "sunny",
+    "swift",
+    "tender",
+    "thirsty",
+    "tidy",
+    "upbeat",
+    "vibrant",
+    "vigilant",
+    "warm",
+    "wise",
+    "witty",
+    "wizardly",
+    "youthful",
+    "zealous",
+    "zen",
 ];
 const NAMES: &[&str] = &[
-    "babbage", "curie", "darwin", "euclid", "fermat", "galileo", "hopper", "hypatia", "kepler",
-    "lovelace", "meitner", "newton", "noether", "pascal", "ritchie", "shannon", "thompson",
-    "turing", "wozniak", "yonath",
+    "agnesi",
+    "archimedes",
+    "babbage",
+    "banach",
+    "bardeen",
+    "bartik",
+    "bell",
+    "bohr",
+    "boole",
+    "borg",
+    "bose",
+    "brahmagupta",
+    "cantor",
+    "carson",
+    "cauchy",
+    "cerf",
+    "chandrasekhar",
+    "clarke",
+    "conway",
+    "copernicus",
+    "curie",
+    "darwin",
+    "dijkstra",
+    "dirac",
+    "easley",
+    "einstein",
+    "engelbart",
+    "euclid",
+    "euler",
+    "faraday",
+    "fermat",
+    "fermi",
+    "feynman",
+    "franklin",
+    "gauss",
+    "galileo",
+    "goldberg",
+    "goodall",
+    "hamilton",
+    "hawking",
+    "heisenberg",
+    "hilbert",
+    "hodgkin",
+    "hopper",
+    "hoover",
+    "hubble",
+    "hypatia",
+    "jackson",
+    "johnson",
+    "kalam",
+    "kepler",
+    "knuth",
+    "kowalevski",
+    "lamarr",
+    "lamport",
+    "leakey",
+    "lovelace",
+    "lumiere",
+    "maxwell",
+    "mccarthy",
+    "meitner",
+    "mendel",
+    "mirzakhani",
+    "morse",
+    "napier",
+    "newton",
+    "nobel",
+    "noether",
+    "pare",
+    "pascal",
+    "pasteur",
+    "planck",
+    "poincare",
+    "ramanujan",
+    "ride",
+    "ritchie",
+    "sagan",
+    "shannon",
+    "sinoussi",
+    "stallman",
+    "swartz",
+    "tesla",
+    "thompson",
+    "torvalds",
+    "turing",
+    "volta",
+    "wiles",
+    "wilson",
+    "wozniak",
+    "wright",
+    "yonath",
 ];
 
-/// A random Docker-style name ("brave_turing").
-pub fn random_name() -> String {
+/// A random Docker-style name ("brave_turing"); a `retry` above 0 appends a
+/// random digit ("brave_turing7"), as dockerd's generator does once the
+/// plain name is taken.
+pub fn random_name(retry: u32) -> String {
     let r = random_hex(4);
     let v = u32::from_str_radix(&r, 16).unwrap_or(0) as usize;
-    format!(
+    let mut name = format!(
         "{}_{}",
         ADJECTIVES[v % ADJECTIVES.len()],
         NAMES[(v / ADJECTIVES.len()) % NAMES.len()]
-    )
+    );
+    if retry > 0 {
+        name.push(char::from(
+            b'0' + ((v / ADJECTIVES.len() / NAMES.len()) % 10) as u8,
+        ));
+    }
+    name
 }
 
 #[cfg(test)]
@@ -196,6 +376,17 @@ mod tests {
         assert!(q.bool("x"));
         assert!(!q.bool("y"));
         assert_eq!(percent_decode("a%2", false), "a%2");
+    }
+
+    #[test]
+    fn random_names_have_dockers_shape() {
+        let plain = random_name(0);
+        let (adj, who) = plain.split_once('_').unwrap();
+        assert!(ADJECTIVES.contains(&adj) && NAMES.contains(&who), "{plain}");
+        let retried = random_name(1);
+        let digit = retried.chars().last().unwrap();
+        assert!(digit.is_ascii_digit(), "{retried}");
+        assert!(NAMES.contains(&retried.split_once('_').unwrap().1.trim_end_matches(digit)));
     }
 }
 

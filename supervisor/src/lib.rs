@@ -16,6 +16,7 @@
 //! | [`filters`] | containerd's filter syntax |
 //! | [`gc`] | [`gc::Gc`]: garbage collection of content, snapshots, leases, ingests |
 //! | [`tasks`] | [`tasks::ShimManager`]: shim start bootstrap, ttrpc task calls, re-attach after restart |
+//! | [`shim_client`] | [`shim_client::ShimClient`]: async ttrpc client, one connection per shim |
 //! | [`services`] | the gRPC services |
 //! | [`streaming`] | containerd's Streaming service: client streams for progress and auth |
 //! | [`transfer`] | containerd's Transfer service: server-side pull and push |
@@ -33,6 +34,7 @@ pub mod layer;
 pub mod metadata;
 pub mod server;
 pub mod services;
+pub mod shim_client;
 pub mod snapshots;
 pub mod streaming;
 pub mod tasks;

@@ -89,8 +89,8 @@ fn default_snapshotter(cfg: &Config) -> Result<Backend> {
 
 /// Re-attaches the shims of a previous run and publishes the exit (and
 /// delete) of tasks whose shim died meanwhile, as containerd does.
-pub fn recover_tasks(core: &Core) {
-    let exits = core.shims.recover();
+pub async fn recover_tasks(core: &Core) {
+    let exits = core.shims.recover().await;
     let live = core.shims.count();
     if live > 0 || !exits.is_empty() {
         tracing::info!(
@@ -138,7 +138,7 @@ pub async fn serve(
     let streams = crate::streaming::StreamManager::new();
     let transfer =
         crate::transfer::TransferService::new(core.clone(), streams.clone(), &cfg.registry)?;
-    recover_tasks(&core);
+    recover_tasks(&core).await;
     // Leases that expired while we were down, and whatever they held.
     if let Err(e) = core.gc.collect_now() {
         tracing::warn!(error = %e, "garbage collection at startup failed");

@@ -1532,7 +1532,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         // Task lifecycle events (/tasks/create, start, exec-added,
         // exec-started, paused, resumed, delete, exit, oom) come from the
         // shim over ttrpc, as with containerd's v2 runtime.
-        let (_shim, pid) = blocking(move || shims.create(&ns2, &c2, create)).await?;
+        let (_shim, pid) = shims.create(&ns2, &c2, create).await?;
         Ok(Response::new(api::tasks::CreateTaskResponse {
             container_id: r.container_id,
             pid,
@@ -1547,7 +1547,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let r = req.into_inner();
         let shims = self.0.shims.clone();
         let (ns2, id, exec) = (ns.clone(), r.container_id.clone(), r.exec_id.clone());
-        let pid = blocking(move || shims.start(&ns2, &id, &exec)).await?;
+        let pid = shims.start(&ns2, &id, &exec).await?;
         Ok(Response::new(api::tasks::StartResponse { pid }))
     }
 
@@ -1559,7 +1559,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let id = req.into_inner().container_id;
         let shims = self.0.shims.clone();
         let (ns2, id2) = (ns.clone(), id.clone());
-        let d = blocking(move || shims.delete(&ns2, &id2, "")).await?;
+        let d = shims.delete(&ns2, &id2, "").await?;
         let exited_at = d.exited_at.as_ref().map(pb_timestamp);
         Ok(Response::new(api::tasks::DeleteResponse {
             id,
@@ -1582,7 +1582,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         }
         let shims = self.0.shims.clone();
         let (id, exec) = (r.container_id.clone(), r.exec_id.clone());
-        let d = blocking(move || shims.delete(&ns, &id, &exec)).await?;
+        let d = shims.delete(&ns, &id, &exec).await?;
         Ok(Response::new(api::tasks::DeleteResponse {
             id: r.exec_id,
             pid: d.pid,
@@ -1599,7 +1599,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let r = req.into_inner();
         let shim = self.0.shims.get(&ns, &r.container_id)?;
         let exec = r.exec_id.clone();
-        let s = blocking(move || shim.state(&exec)).await?;
+        let s = shim.state(&exec).await?;
         Ok(Response::new(api::tasks::GetResponse {
             process: Some(process_of(&r.container_id, &s)),
         }))
@@ -1610,20 +1610,22 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         req: Request<api::tasks::ListTasksRequest>,
     ) -> GrpcResult<api::tasks::ListTasksResponse> {
         let ns = namespace(&req)?;
-        let shims = self.0.shims.list(&ns);
-        let tasks = blocking(move || {
-            Ok(shims
-                .iter()
-                .filter_map(|s| match s.state("") {
-                    Ok(st) => Some(process_of(&s.id, &st)),
+        // Every shim is asked at once (each on its own connection).
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, s) in self.0.shims.list(&ns).into_iter().enumerate() {
+            asks.spawn(async move {
+                match s.state("").await {
+                    Ok(st) => Some((i, process_of(&s.id, &st))),
                     Err(e) => {
                         tracing::warn!(task = %s.id, error = %e, "cannot get task state");
                         None
                     }
-                })
-                .collect())
-        })
-        .await?;
+                }
+            });
+        }
+        let mut tasks: Vec<_> = asks.join_all().await.into_iter().flatten().collect();
+        tasks.sort_by_key(|(i, _)| *i);
+        let tasks = tasks.into_iter().map(|(_, t)| t).collect();
         Ok(Response::new(api::tasks::ListTasksResponse { tasks }))
     }
 
@@ -1631,7 +1633,9 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let shims = self.0.shims.clone();
-        blocking(move || shims.kill(&ns, &r.container_id, &r.exec_id, r.signal, r.all)).await?;
+        shims
+            .kill(&ns, &r.container_id, &r.exec_id, r.signal, r.all)
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -1643,7 +1647,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         }
         let shims = self.0.shims.clone();
         let (ns2, r2) = (ns.clone(), r.clone());
-        blocking(move || shims.exec(&ns2, &r2.container_id, &r2)).await?;
+        shims.exec(&ns2, &r2.container_id, &r2).await?;
         Ok(Response::new(()))
     }
 
@@ -1651,7 +1655,8 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let shims = self.0.shims.clone();
-        blocking(move || shims.resize_pty(&ns, &r.container_id, &r.exec_id, r.width, r.height))
+        shims
+            .resize_pty(&ns, &r.container_id, &r.exec_id, r.width, r.height)
             .await?;
         Ok(Response::new(()))
     }
@@ -1660,7 +1665,9 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let shims = self.0.shims.clone();
-        blocking(move || shims.close_io(&ns, &r.container_id, &r.exec_id, r.stdin)).await?;
+        shims
+            .close_io(&ns, &r.container_id, &r.exec_id, r.stdin)
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -1669,7 +1676,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let id = req.into_inner().container_id;
         let shims = self.0.shims.clone();
         let (ns2, id2) = (ns.clone(), id.clone());
-        blocking(move || shims.pause(&ns2, &id2)).await?;
+        shims.pause(&ns2, &id2).await?;
         Ok(Response::new(()))
     }
 
@@ -1678,7 +1685,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let id = req.into_inner().container_id;
         let shims = self.0.shims.clone();
         let (ns2, id2) = (ns.clone(), id.clone());
-        blocking(move || shims.resume(&ns2, &id2)).await?;
+        shims.resume(&ns2, &id2).await?;
         Ok(Response::new(()))
     }
 
@@ -1689,7 +1696,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let ns = namespace(&req)?;
         let id = req.into_inner().container_id;
         let shims = self.0.shims.clone();
-        let processes = blocking(move || shims.pids(&ns, &id)).await?;
+        let processes = shims.pids(&ns, &id).await?;
         Ok(Response::new(api::tasks::ListPidsResponse { processes }))
     }
 
@@ -1706,7 +1713,9 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let shims = self.0.shims.clone();
-        blocking(move || shims.update(&ns, &r.container_id, &r.resources, &r.annotations)).await?;
+        shims
+            .update(&ns, &r.container_id, &r.resources, &r.annotations)
+            .await?;
         Ok(Response::new(()))
     }
 
@@ -1728,20 +1737,15 @@ impl api::tasks::tasks_server::Tasks for TasksService {
                 })
             })
             .collect();
-        let shims_mgr = self.0.shims.clone();
-        let metrics = blocking(move || {
-            let mut out = Vec::new();
-            for s in shims {
-                let data: Option<Any> = shims_mgr.stats(&ns, &s.id)?;
-                out.push(api::types::Metric {
-                    timestamp: Some(now()),
-                    id: s.id.clone(),
-                    data,
-                });
-            }
-            Ok(out)
-        })
-        .await?;
+        let mut metrics = Vec::with_capacity(shims.len());
+        for s in shims {
+            let data: Option<Any> = self.0.shims.stats(&ns, &s.id).await?;
+            metrics.push(api::types::Metric {
+                timestamp: Some(now()),
+                id: s.id.clone(),
+                data,
+            });
+        }
         Ok(Response::new(api::tasks::MetricsResponse { metrics }))
     }
 
@@ -1752,8 +1756,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let shims = self.0.shims.clone();
-        let (exit_status, exited_at) =
-            blocking(move || shims.wait(&ns, &r.container_id, &r.exec_id)).await?;
+        let (exit_status, exited_at) = shims.wait(&ns, &r.container_id, &r.exec_id).await?;
         Ok(Response::new(api::tasks::WaitResponse {
             exit_status,
             exited_at,

@@ -3,7 +3,8 @@
 //! `-namespace NS -address GRPC -publish-binary SELF -id ID start`, bundle as
 //! cwd, runtime options on stdin, `TTRPC_ADDRESS` in the environment),
 //! reads the address it prints (plain `unix://…` or the JSON bootstrap
-//! reply), and talks to it over ttrpc (`containerd.task.v2.Task`).
+//! reply), and talks to it over ttrpc (`containerd.task.v2.Task`) with an
+//! async [`ShimClient`].
 
 use std::collections::HashMap;
 use std::fs;
@@ -12,18 +13,17 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use containerd_shim_protos::api as shim;
 use containerd_shim_protos::protobuf::well_known_types::any::Any as PbAny;
 use containerd_shim_protos::protobuf::{Message as PbMessage, MessageField};
-use containerd_shim_protos::TaskClient;
 use orca_proto::containers::Container;
 use orca_proto::types::Mount;
 
 use crate::error::{Error, IoContext, Result};
+use crate::shim_client::ShimClient;
 use crate::trash::Trash;
 
 /// Converts between a rust-protobuf message (shim side) and a prost message
@@ -136,23 +136,27 @@ pub struct Shim {
     pub id: String,
     pub bundle: PathBuf,
     pub binary: PathBuf,
-    client: TaskClient,
+    client: ShimClient,
     log_done: Arc<LogStop>,
 }
 
-impl Shim {
-    fn ctx() -> ttrpc::context::Context {
-        ttrpc::context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
-    }
+/// How long a call to a shim may take (all but `Create`, `Wait` and `Shutdown`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a shim may take to create its task (the runtime's `create` included).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// `Connect`, `State` on re-attach and `Shutdown`.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(5);
 
-    pub fn state(&self, exec_id: &str) -> Result<shim::StateResponse> {
+impl Shim {
+    pub async fn state(&self, exec_id: &str) -> Result<shim::StateResponse> {
         let req = shim::StateRequest {
             id: self.id.clone(),
             exec_id: exec_id.to_string(),
             ..Default::default()
         };
         self.client
-            .state(Self::ctx(), &req)
+            .state(&req, CALL_TIMEOUT)
+            .await
             .map_err(|e| ttrpc_status("shim State", e))
     }
 }
@@ -173,33 +177,36 @@ pub struct RecoveredExit {
 
 /// Connects to a shim's ttrpc address and checks it serves task `id`
 /// (`Connect`, then `State`); returns the client and the task's pid.
-fn reconnect(id: &str, address: &str) -> Result<(TaskClient, u32)> {
-    let client = ttrpc::Client::connect(address)
+async fn reconnect(id: &str, address: &str) -> Result<(ShimClient, u32)> {
+    let client = ShimClient::connect(address)
+        .await
         .map_err(|e| Error::Unavailable(format!("connect to shim at {address}: {e}")))?;
-    let client = TaskClient::new(client);
-    let ctx = || ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
     let c = client
-        .connect(
-            ctx(),
+        .connect_task(
             &shim::ConnectRequest {
                 id: id.to_string(),
                 ..Default::default()
             },
+            SHORT_TIMEOUT,
         )
+        .await
         .map_err(|e| ttrpc_status("shim Connect", e))?;
     client
         .state(
-            ctx(),
             &shim::StateRequest {
                 id: id.to_string(),
                 ..Default::default()
             },
+            SHORT_TIMEOUT,
         )
+        .await
         .map_err(|e| ttrpc_status("shim State", e))?;
     Ok((client, c.task_pid))
 }
 
-/// Starts, tracks and stops shims.
+/// Starts, tracks and stops shims. Calls to shims are async (one [`ShimClient`]
+/// connection per shim); starting a shim process and its `delete` clean-up run on
+/// tokio's blocking pool.
 pub struct ShimManager {
     state_dir: PathBuf,
     /// Bundles of deleted tasks, removed in the background (`<state>/tasks.trash`).
@@ -219,6 +226,13 @@ pub struct CreateTask {
     pub terminal: bool,
     pub options: Option<prost_types::Any>,
     pub runtime_path: String,
+}
+
+/// Runs `f` on tokio's blocking pool.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking worker failed: {e}")))
 }
 
 impl ShimManager {
@@ -241,10 +255,12 @@ impl ShimManager {
         })
     }
 
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Shim>>> {
+        self.shims.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn get(&self, ns: &str, id: &str) -> Result<Arc<Shim>> {
-        self.shims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.map()
             .get(&(ns.to_string(), id.to_string()))
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("task {id}")))
@@ -252,14 +268,12 @@ impl ShimManager {
 
     /// Number of shims tracked, in all namespaces.
     pub fn count(&self) -> usize {
-        self.shims.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.map().len()
     }
 
     pub fn list(&self, ns: &str) -> Vec<Arc<Shim>> {
         let mut v: Vec<_> = self
-            .shims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .map()
             .iter()
             .filter(|((n, _), _)| n == ns)
             .map(|(_, s)| s.clone())
@@ -288,20 +302,15 @@ impl ShimManager {
 
     /// Writes the bundle, starts the shim and creates the task in it.
     /// Returns the task's pid.
-    pub fn create(
-        &self,
+    pub async fn create(
+        self: &Arc<Self>,
         ns: &str,
         container: &Container,
         req: CreateTask,
     ) -> Result<(Arc<Shim>, u32)> {
         let id = container.id.clone();
         let key = (ns.to_string(), id.clone());
-        if self
-            .shims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&key)
-        {
+        if self.map().contains_key(&key) {
             return Err(Error::AlreadyExists(format!("task {id}")));
         }
         let runtime = container
@@ -314,64 +323,109 @@ impl ShimManager {
         } else {
             shim_binary(runtime)?
         };
-        let bundle = self.state_dir.join(ns).join(&id);
-        if bundle.exists() {
-            let _ = fs::remove_dir_all(&bundle);
-        }
-        fs::create_dir_all(bundle.join("rootfs")).ctx(|| format!("create {}", bundle.display()))?;
         let spec = container
             .spec
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument(format!("container {id} has no spec")))?;
-        fs::write(bundle.join("config.json"), &spec.value)
-            .ctx(|| format!("write {}/config.json", bundle.display()))?;
+        let bundle = self.state_dir.join(ns).join(&id);
+        let opts = req
+            .options
+            .clone()
+            .or_else(|| container.runtime.as_ref().and_then(|r| r.options.clone()));
+        let t0 = std::time::Instant::now();
+        let log_done = Arc::new(LogStop::default());
+        let started = {
+            let (this, ns, id, binary, bundle) = (
+                self.clone(),
+                ns.to_string(),
+                id.clone(),
+                binary.clone(),
+                bundle.clone(),
+            );
+            let (spec, opts, log_done) = (spec.value.clone(), opts.clone(), log_done.clone());
+            let rt = tokio::runtime::Handle::current();
+            off_runtime(move || {
+                this.write_bundle(&id, &binary, &bundle, &spec)?;
+                // The log reader is a task on the runtime.
+                let _guard = rt.enter();
+                if let Err(e) = start_log_reader(&bundle, &id, log_done) {
+                    tracing::warn!(task = %id, error = %e, "no shim log");
+                }
+                this.start_shim(&ns, &id, &binary, &bundle, opts.as_ref())
+            })
+            .await
+            .and_then(|r| r)
+        };
+        let result = match started {
+            Ok(address) => {
+                let shim_started = t0.elapsed();
+                self.create_in_shim(
+                    ns,
+                    &id,
+                    &binary,
+                    &bundle,
+                    address,
+                    req,
+                    opts,
+                    log_done.clone(),
+                )
+                .await
+                .inspect(|_| {
+                    tracing::debug!(
+                        task = %id,
+                        shim_start_ms = shim_started.as_secs_f64() * 1e3,
+                        create_ms = (t0.elapsed() - shim_started).as_secs_f64() * 1e3,
+                        "task created"
+                    )
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((shim, pid)) => {
+                self.map().insert(key, shim.clone());
+                Ok((shim, pid))
+            }
+            Err(e) => {
+                log_done.stop();
+                let (this, ns, id) = (self.clone(), ns.to_string(), id.clone());
+                let _ = off_runtime(move || {
+                    this.cleanup_dead_shim(&ns, &id, &binary, &bundle);
+                    let _ = fs::remove_dir_all(&bundle);
+                })
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The bundle directory: `rootfs/`, `config.json` and the shim binary's path.
+    fn write_bundle(&self, id: &str, binary: &Path, bundle: &Path, spec: &[u8]) -> Result<()> {
+        if bundle.exists() {
+            let _ = fs::remove_dir_all(bundle);
+        }
+        fs::create_dir_all(bundle.join("rootfs")).ctx(|| format!("create {}", bundle.display()))?;
+        fs::write(bundle.join("config.json"), spec)
+            .ctx(|| format!("write {}/config.json for {id}", bundle.display()))?;
         // What a restarted supervisor needs to run `<shim> delete` for a
         // shim that died while it was down (containerd keeps the same file).
         fs::write(
             bundle.join(SHIM_BINARY_FILE),
             binary.as_os_str().as_encoded_bytes(),
         )
-        .ctx(|| format!("write {}/{SHIM_BINARY_FILE}", bundle.display()))?;
-
-        let log_done = Arc::new(LogStop::default());
-        if let Err(e) = start_log_reader(&bundle, &id, log_done.clone()) {
-            tracing::warn!(task = %id, error = %e, "no shim log");
-        }
-        let result =
-            self.start_and_create(ns, &id, &binary, &bundle, container, req, log_done.clone());
-        match result {
-            Ok((shim, pid)) => {
-                self.shims
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, shim.clone());
-                Ok((shim, pid))
-            }
-            Err(e) => {
-                self.cleanup_dead_shim(ns, &id, &binary, &bundle);
-                log_done.stop();
-                let _ = fs::remove_dir_all(&bundle);
-                Err(e)
-            }
-        }
+        .ctx(|| format!("write {}/{SHIM_BINARY_FILE}", bundle.display()))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn start_and_create(
+    /// Runs the shim's `start` bootstrap and returns the ttrpc address it printed
+    /// (also written to the bundle's `address`).
+    fn start_shim(
         &self,
         ns: &str,
         id: &str,
         binary: &Path,
         bundle: &Path,
-        container: &Container,
-        req: CreateTask,
-        log_done: Arc<LogStop>,
-    ) -> Result<(Arc<Shim>, u32)> {
-        let opts = req
-            .options
-            .clone()
-            .or_else(|| container.runtime.as_ref().and_then(|r| r.options.clone()));
-        let t0 = std::time::Instant::now();
+        opts: Option<&prost_types::Any>,
+    ) -> Result<String> {
         let mut cmd = self.shim_command(binary, ns, id, bundle);
         cmd.arg("start")
             .stdin(Stdio::piped())
@@ -381,7 +435,7 @@ impl ShimManager {
             .spawn()
             .ctx(|| format!("start shim {}", binary.display()))?;
         if let Some(mut stdin) = child.stdin.take() {
-            if let Some(o) = &opts {
+            if let Some(o) = opts {
                 use prost::Message;
                 let _ = stdin.write_all(&o.encode_to_vec());
             }
@@ -399,18 +453,33 @@ impl ShimManager {
             )));
         }
         let address = parse_start_reply(&String::from_utf8_lossy(&out.stdout))?;
-        let started = t0.elapsed();
         fs::write(bundle.join("address"), &address)
             .ctx(|| format!("write {}/address", bundle.display()))?;
-        let client = ttrpc::Client::connect(&address)
+        Ok(address)
+    }
+
+    /// Connects to a started shim and sends it `Create`.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_in_shim(
+        &self,
+        ns: &str,
+        id: &str,
+        binary: &Path,
+        bundle: &Path,
+        address: String,
+        req: CreateTask,
+        opts: Option<prost_types::Any>,
+        log_done: Arc<LogStop>,
+    ) -> Result<(Arc<Shim>, u32)> {
+        let client = ShimClient::connect(&address)
+            .await
             .map_err(|e| Error::Unavailable(format!("connect to shim at {address}: {e}")))?;
-        let connected = t0.elapsed();
         let shim = Arc::new(Shim {
             namespace: ns.to_string(),
             id: id.to_string(),
             bundle: bundle.to_path_buf(),
             binary: binary.to_path_buf(),
-            client: TaskClient::new(client),
+            client,
             log_done,
         });
         let creq = shim::CreateTaskRequest {
@@ -434,48 +503,42 @@ impl ShimManager {
             options: pb_any(&opts),
             ..Default::default()
         };
-        let resp = match shim.client.create(
-            ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64),
-            &creq,
-        ) {
-            Ok(r) => r,
+        match shim.client.create(&creq, CREATE_TIMEOUT).await {
+            Ok(r) => Ok((shim, r.pid)),
             Err(e) => {
                 // As containerd: a shim whose Create failed is told to delete
                 // what it has and to shut down, so no shim process outlives a
                 // failed create (the caller then runs `<shim> delete`).
-                let ctx = || ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
-                let _ = shim.client.delete(
-                    ctx(),
-                    &shim::DeleteRequest {
-                        id: id.into(),
-                        ..Default::default()
-                    },
-                );
-                let _ = shim.client.shutdown(
-                    ctx(),
-                    &shim::ShutdownRequest {
-                        id: id.into(),
-                        now: true,
-                        ..Default::default()
-                    },
-                );
-                return Err(ttrpc_status("shim Create", e));
+                let _ = shim
+                    .client
+                    .delete(
+                        &shim::DeleteRequest {
+                            id: id.into(),
+                            ..Default::default()
+                        },
+                        SHORT_TIMEOUT,
+                    )
+                    .await;
+                let _ = shim
+                    .client
+                    .shutdown(
+                        &shim::ShutdownRequest {
+                            id: id.into(),
+                            now: true,
+                            ..Default::default()
+                        },
+                        SHORT_TIMEOUT,
+                    )
+                    .await;
+                Err(ttrpc_status("shim Create", e))
             }
-        };
-        tracing::debug!(
-            task = id,
-            shim_start_ms = started.as_secs_f64() * 1e3,
-            connect_ms = (connected - started).as_secs_f64() * 1e3,
-            create_ms = (t0.elapsed() - connected).as_secs_f64() * 1e3,
-            "task created"
-        );
-        Ok((shim, resp.pid))
+        }
     }
 
     /// Runs `<shim> … -bundle B delete` for a shim that failed or died (the
     /// shim's bootstrap `delete` force-deletes the container with its
     /// runtime and unmounts the rootfs); returns the `DeleteResponse` it
-    /// prints on stdout, if any.
+    /// prints on stdout, if any. Blocks: call it off the runtime's threads.
     fn cleanup_dead_shim(
         &self,
         ns: &str,
@@ -517,7 +580,7 @@ impl ShimManager {
     /// that is gone, `<shim> delete` cleans up and its exit is returned so
     /// the caller can publish `/tasks/exit` and `/tasks/delete`. Bundles
     /// that never got a shim address are removed.
-    pub fn recover(&self) -> Vec<RecoveredExit> {
+    pub async fn recover(self: &Arc<Self>) -> Vec<RecoveredExit> {
         let mut exits = Vec::new();
         let Ok(namespaces) = fs::read_dir(&self.state_dir) else {
             return exits;
@@ -530,7 +593,7 @@ impl ShimManager {
             for task_entry in tasks.flatten() {
                 let id = task_entry.file_name().to_string_lossy().into_owned();
                 let bundle = task_entry.path();
-                if let Some(exit) = self.recover_one(&ns, &id, &bundle) {
+                if let Some(exit) = self.recover_one(&ns, &id, &bundle).await {
                     exits.push(exit);
                 }
             }
@@ -540,7 +603,12 @@ impl ShimManager {
         exits
     }
 
-    fn recover_one(&self, ns: &str, id: &str, bundle: &Path) -> Option<RecoveredExit> {
+    async fn recover_one(
+        self: &Arc<Self>,
+        ns: &str,
+        id: &str,
+        bundle: &Path,
+    ) -> Option<RecoveredExit> {
         let binary = fs::read(bundle.join(SHIM_BINARY_FILE))
             .ok()
             .map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)));
@@ -550,7 +618,7 @@ impl ShimManager {
             .filter(|a| !a.is_empty());
         let log_done = Arc::new(LogStop::default());
         if let Some(address) = &address {
-            match reconnect(id, address) {
+            match reconnect(id, address).await {
                 Ok((client, pid)) => {
                     if let Err(e) = start_log_reader(bundle, id, log_done.clone()) {
                         tracing::warn!(task = %id, error = %e, "no shim log");
@@ -564,10 +632,7 @@ impl ShimManager {
                         log_done,
                     });
                     tracing::info!(namespace = %ns, task = %id, pid, address = %address, "re-attached to running shim");
-                    self.shims
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert((ns.to_string(), id.to_string()), shim);
+                    self.map().insert((ns.to_string(), id.to_string()), shim);
                     return None;
                 }
                 Err(e) => {
@@ -575,8 +640,19 @@ impl ShimManager {
                 }
             }
         }
-        let resp = match &binary {
-            Some(b) => self.cleanup_dead_shim(ns, id, b, bundle),
+        let resp = match binary {
+            Some(b) => {
+                let (this, ns, id, bundle) = (
+                    self.clone(),
+                    ns.to_string(),
+                    id.to_string(),
+                    bundle.to_path_buf(),
+                );
+                off_runtime(move || this.cleanup_dead_shim(&ns, &id, &b, &bundle))
+                    .await
+                    .ok()
+                    .flatten()
+            }
             None => {
                 tracing::warn!(namespace = %ns, task = %id, "bundle has no {SHIM_BINARY_FILE}; cannot run shim delete");
                 None
@@ -606,7 +682,7 @@ impl ShimManager {
         })
     }
 
-    pub fn start(&self, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
+    pub async fn start(&self, ns: &str, id: &str, exec_id: &str) -> Result<u32> {
         let s = self.get(ns, id)?;
         let req = shim::StartRequest {
             id: id.into(),
@@ -614,14 +690,20 @@ impl ShimManager {
             ..Default::default()
         };
         Ok(s.client
-            .start(Shim::ctx(), &req)
+            .start(&req, CALL_TIMEOUT)
+            .await
             .map_err(|e| ttrpc_status("shim Start", e))?
             .pid)
     }
 
     /// Deletes a process; for the init process (`exec_id` empty) also shuts
     /// the shim down and removes the bundle.
-    pub fn delete(&self, ns: &str, id: &str, exec_id: &str) -> Result<shim::DeleteResponse> {
+    pub async fn delete(
+        self: &Arc<Self>,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<shim::DeleteResponse> {
         let s = self.get(ns, id)?;
         let req = shim::DeleteRequest {
             id: id.into(),
@@ -629,7 +711,7 @@ impl ShimManager {
             ..Default::default()
         };
         let t0 = std::time::Instant::now();
-        let resp = s.client.delete(Shim::ctx(), &req);
+        let resp = s.client.delete(&req, CALL_TIMEOUT).await;
         let deleted = t0.elapsed();
         if !exec_id.is_empty() {
             return resp.map_err(|e| ttrpc_status("shim Delete", e));
@@ -641,7 +723,9 @@ impl ShimManager {
             }
             Err(e) => {
                 tracing::warn!(task = id, error = %e, "shim gone; cleaning up");
-                self.cleanup_dead_shim(ns, id, &s.binary, &s.bundle)
+                let (this, ns, id, s) = (self.clone(), ns.to_string(), id.to_string(), s.clone());
+                off_runtime(move || this.cleanup_dead_shim(&ns, &id, &s.binary, &s.bundle))
+                    .await?
                     .unwrap_or_default()
             }
         };
@@ -650,16 +734,10 @@ impl ShimManager {
             now: false,
             ..Default::default()
         };
-        let _ = s.client.shutdown(
-            ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64),
-            &shut,
-        );
+        let _ = s.client.shutdown(&shut, SHORT_TIMEOUT).await;
         let shut_down = t0.elapsed();
         s.log_done.stop();
-        self.shims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(ns.to_string(), id.to_string()));
+        self.map().remove(&(ns.to_string(), id.to_string()));
         // Out of `<state>/tasks` at once (a task of the same id may follow right away),
         // deleted in the background.
         self.trash.discard(&s.bundle);
@@ -673,8 +751,30 @@ impl ShimManager {
         Ok(resp)
     }
 
-    pub fn kill(&self, ns: &str, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+    /// One call to task `id`'s shim that answers `google.protobuf.Empty`.
+    async fn call_empty<Req: PbMessage>(
+        &self,
+        ns: &str,
+        id: &str,
+        method: &str,
+        req: &Req,
+    ) -> Result<()> {
         let s = self.get(ns, id)?;
+        s.client
+            .call::<_, shim::Empty>(method, req, Some(CALL_TIMEOUT))
+            .await
+            .map(drop)
+            .map_err(|e| ttrpc_status(&format!("shim {method}"), e))
+    }
+
+    pub async fn kill(
+        &self,
+        ns: &str,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<()> {
         let req = shim::KillRequest {
             id: id.into(),
             exec_id: exec_id.into(),
@@ -682,19 +782,15 @@ impl ShimManager {
             all,
             ..Default::default()
         };
-        s.client
-            .kill(Shim::ctx(), &req)
-            .map_err(|e| ttrpc_status("shim Kill", e))?;
-        Ok(())
+        self.call_empty(ns, id, "Kill", &req).await
     }
 
-    pub fn exec(
+    pub async fn exec(
         &self,
         ns: &str,
         id: &str,
         r: &orca_proto::tasks::ExecProcessRequest,
     ) -> Result<()> {
-        let s = self.get(ns, id)?;
         let req = shim::ExecProcessRequest {
             id: id.into(),
             exec_id: r.exec_id.clone(),
@@ -705,37 +801,26 @@ impl ShimManager {
             spec: pb_any(&r.spec),
             ..Default::default()
         };
-        s.client
-            .exec(Shim::ctx(), &req)
-            .map_err(|e| ttrpc_status("shim Exec", e))?;
-        Ok(())
+        self.call_empty(ns, id, "Exec", &req).await
     }
 
-    pub fn pause(&self, ns: &str, id: &str) -> Result<()> {
-        let s = self.get(ns, id)?;
+    pub async fn pause(&self, ns: &str, id: &str) -> Result<()> {
         let req = shim::PauseRequest {
             id: id.into(),
             ..Default::default()
         };
-        s.client
-            .pause(Shim::ctx(), &req)
-            .map_err(|e| ttrpc_status("shim Pause", e))?;
-        Ok(())
+        self.call_empty(ns, id, "Pause", &req).await
     }
 
-    pub fn resume(&self, ns: &str, id: &str) -> Result<()> {
-        let s = self.get(ns, id)?;
+    pub async fn resume(&self, ns: &str, id: &str) -> Result<()> {
         let req = shim::ResumeRequest {
             id: id.into(),
             ..Default::default()
         };
-        s.client
-            .resume(Shim::ctx(), &req)
-            .map_err(|e| ttrpc_status("shim Resume", e))?;
-        Ok(())
+        self.call_empty(ns, id, "Resume", &req).await
     }
 
-    pub fn pids(
+    pub async fn pids(
         &self,
         ns: &str,
         id: &str,
@@ -745,61 +830,55 @@ impl ShimManager {
             id: id.into(),
             ..Default::default()
         };
-        let resp = s
+        let resp: shim::PidsResponse = s
             .client
-            .pids(Shim::ctx(), &req)
+            .call("Pids", &req, Some(CALL_TIMEOUT))
+            .await
             .map_err(|e| ttrpc_status("shim Pids", e))?;
         resp.processes.iter().map(pb_to_prost).collect()
     }
 
-    pub fn stats(&self, ns: &str, id: &str) -> Result<Option<prost_types::Any>> {
+    pub async fn stats(&self, ns: &str, id: &str) -> Result<Option<prost_types::Any>> {
         let s = self.get(ns, id)?;
         let req = shim::StatsRequest {
             id: id.into(),
             ..Default::default()
         };
-        let resp = s
+        let resp: shim::StatsResponse = s
             .client
-            .stats(Shim::ctx(), &req)
+            .call("Stats", &req, Some(CALL_TIMEOUT))
+            .await
             .map_err(|e| ttrpc_status("shim Stats", e))?;
         Ok(prost_any(&resp.stats))
     }
 
-    pub fn update(
+    pub async fn update(
         &self,
         ns: &str,
         id: &str,
         resources: &Option<prost_types::Any>,
         annotations: &HashMap<String, String>,
     ) -> Result<()> {
-        let s = self.get(ns, id)?;
         let req = shim::UpdateTaskRequest {
             id: id.into(),
             resources: pb_any(resources),
             annotations: annotations.clone(),
             ..Default::default()
         };
-        s.client
-            .update(Shim::ctx(), &req)
-            .map_err(|e| ttrpc_status("shim Update", e))?;
-        Ok(())
+        self.call_empty(ns, id, "Update", &req).await
     }
 
-    pub fn close_io(&self, ns: &str, id: &str, exec_id: &str, stdin: bool) -> Result<()> {
-        let s = self.get(ns, id)?;
+    pub async fn close_io(&self, ns: &str, id: &str, exec_id: &str, stdin: bool) -> Result<()> {
         let req = shim::CloseIORequest {
             id: id.into(),
             exec_id: exec_id.into(),
             stdin,
             ..Default::default()
         };
-        s.client
-            .close_io(Shim::ctx(), &req)
-            .map_err(|e| ttrpc_status("shim CloseIO", e))?;
-        Ok(())
+        self.call_empty(ns, id, "CloseIO", &req).await
     }
 
-    pub fn resize_pty(
+    pub async fn resize_pty(
         &self,
         ns: &str,
         id: &str,
@@ -807,7 +886,6 @@ impl ShimManager {
         width: u32,
         height: u32,
     ) -> Result<()> {
-        let s = self.get(ns, id)?;
         let req = shim::ResizePtyRequest {
             id: id.into(),
             exec_id: exec_id.into(),
@@ -815,14 +893,12 @@ impl ShimManager {
             height,
             ..Default::default()
         };
-        s.client
-            .resize_pty(Shim::ctx(), &req)
-            .map_err(|e| ttrpc_status("shim ResizePty", e))?;
-        Ok(())
+        self.call_empty(ns, id, "ResizePty", &req).await
     }
 
-    /// Blocks until the process exits; returns (exit status, exited at).
-    pub fn wait(
+    /// Waits until the process exits; returns (exit status, exited at). The
+    /// call waits on the shim's connection: no thread is held meanwhile.
+    pub async fn wait(
         &self,
         ns: &str,
         id: &str,
@@ -836,7 +912,8 @@ impl ShimManager {
         };
         let resp = s
             .client
-            .wait(ttrpc::context::Context::default(), &req)
+            .wait(&req)
+            .await
             .map_err(|e| ttrpc_status("shim Wait", e))?;
         Ok((resp.exit_status, resp.exited_at.as_ref().map(pb_timestamp)))
     }
@@ -844,12 +921,7 @@ impl ShimManager {
     /// Stops following shim logs (supervisor exit). Shims and their tasks
     /// keep running; [`ShimManager::recover`] re-attaches them on restart.
     pub fn shutdown_all(&self) {
-        for s in self
-            .shims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
+        for s in self.map().values() {
             s.log_done.stop();
         }
     }
@@ -897,33 +969,26 @@ pub fn parse_start_reply(out: &str) -> Result<String> {
     }
 }
 
-/// Stops the thread that copies a shim's log fifo into our log.
+/// Stops the task that copies a shim's log fifo into our log.
 #[derive(Default)]
 pub struct LogStop {
-    done: AtomicBool,
-    /// A non-blocking write side of the fifo, to wake the reader.
-    waker: Mutex<Option<fs::File>>,
+    stop: tokio::sync::Notify,
 }
 
 impl LogStop {
-    /// Makes the reader thread exit (after what it has already read).
+    /// Makes the reader task end (after the line it is copying).
     pub fn stop(&self) {
-        self.done.store(true, Ordering::Release);
-        if let Some(mut w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            // Wakes a reader blocked in read(2); a full fifo means it is
-            // about to read anyway.
-            let _ = w.write_all(b"\n");
-        }
+        // A stored permit: a reader that is not waiting yet ends at its next wait.
+        self.stop.notify_one();
     }
 }
 
 /// Creates the bundle's `log` fifo (shims write their log into it) and
-/// copies what arrives into our log until `stop` is called. The thread
-/// blocks in read(2) (no polling): it holds the fifo open read-write, so it
-/// never sees EOF, and [`LogStop::stop`] wakes it.
+/// copies what arrives into our log until `stop` is called, on a task of the
+/// current tokio runtime (no thread per shim). The fifo is held open read-write,
+/// so the reader never sees EOF while shims come and go.
 fn start_log_reader(bundle: &Path, id: &str, stop: Arc<LogStop>) -> Result<()> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+    use tokio::io::AsyncReadExt;
     let path = bundle.join("log");
     match nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o700)) {
         Ok(()) => {}
@@ -931,44 +996,35 @@ fn start_log_reader(bundle: &Path, id: &str, stop: Arc<LogStop>) -> Result<()> {
         Err(nix::errno::Errno::EEXIST) => {}
         Err(e) => return Err(Error::io(format!("mkfifo {}", path.display()), e.into())),
     }
-    // O_RDWR: opening never blocks and reads never see EOF while we hold it.
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
+    let mut fifo = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
         .ctx(|| format!("open {}", path.display()))?;
-    let waker = fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&path)
-        .ctx(|| format!("open {}", path.display()))?;
-    *stop.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker);
     let id = id.to_string();
-    std::thread::Builder::new()
-        .name(format!("shim-log-{id}"))
-        .spawn(move || {
-            let mut buf = [0u8; 8192];
-            let mut pending = Vec::new();
-            while !stop.done.load(Ordering::Acquire) {
-                match f.read(&mut buf) {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 8192];
+        let mut pending = Vec::new();
+        loop {
+            let n = tokio::select! {
+                _ = stop.stop.notified() => break,
+                r = fifo.read(&mut buf) => match r {
                     Ok(0) => break,
-                    Ok(n) => {
-                        pending.extend_from_slice(&buf[..n]);
-                        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = pending.drain(..=i).collect();
-                            let line = String::from_utf8_lossy(&line);
-                            let line = line.trim_end();
-                            if !line.is_empty() {
-                                tracing::debug!(target: "shim", task = %id, "{line}");
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
+                },
+            };
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end();
+                if !line.is_empty() {
+                    tracing::debug!(target: "shim", task = %id, "{line}");
                 }
             }
-        })
-        .ctx(|| "spawn shim log thread".to_string())?;
+        }
+    });
     Ok(())
 }
 
