@@ -117,7 +117,7 @@ fn runc_shim_pids(sock: &Path) -> Vec<i32> {
         if args
             .first()
             .is_some_and(|a| a.contains("containerd-shim-runc-v2"))
-            && args.iter().any(|a| *a == sock)
+            && args.contains(&sock)
         {
             pids.push(pid);
         }

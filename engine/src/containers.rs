@@ -3485,6 +3485,100 @@ async fn stream_logs(
     }
 }
 
+/// Unmounts a container's shareable /dev/shm (`dir`, under its record
+/// directory) and removes the mount point.
+fn unmount_shm_at(dir: &Path, id: &str) {
+    while is_mountpoint(dir) {
+        if let Err(e) = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
+            warn!(id, "cannot unmount {}: {e}", dir.display());
+            return;
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// The end of a container removal, which may run in the background after
+/// the container is gone from the API (see `Containers::cleanup_resources`).
+struct RemovalCtx {
+    ctrd: Containerd,
+    snapshotter: String,
+    /// `<data-root>/containers`.
+    data_dir: PathBuf,
+    /// `<exec-root>/containers`.
+    exec_dir: PathBuf,
+}
+
+impl RemovalCtx {
+    /// `Tasks.Delete` (already gone is fine): what a removal deferred.
+    async fn delete_task(&self, id: &str) -> Result<()> {
+        match self
+            .ctrd
+            .tasks()
+            .delete(self.ctrd.req(tasks::DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(EngineError::grpc("delete task", s)),
+        }
+    }
+
+    /// The containerd container and its rootfs snapshot (independent
+    /// records, one transaction each in the supervisor, so both go at once;
+    /// either already gone is fine), then the /dev/shm mount, the record
+    /// and the directories. On an error the record directory stays, the
+    /// tombstone a restarted orcad completes.
+    async fn finish(&self, id: &str) -> Result<()> {
+        let delete_container = async {
+            match self
+                .ctrd
+                .containers()
+                .delete(
+                    self.ctrd
+                        .req(ctrs::DeleteContainerRequest { id: id.to_string() }),
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                Err(s) => Err(EngineError::grpc("delete containerd container", s)),
+            }
+        };
+        let remove_snapshot = async {
+            match self
+                .ctrd
+                .snapshots()
+                .remove(self.ctrd.req(snaps::RemoveSnapshotRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: id.to_string(),
+                }))
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                Err(s) => Err(EngineError::grpc("remove rootfs snapshot", s)),
+            }
+        };
+        let (container, snapshot) = tokio::join!(delete_container, remove_snapshot);
+        container?;
+        snapshot?;
+        let dir = self.data_dir.join(id);
+        unmount_shm_at(&dir.join("shm"), id);
+        let _ = fs::remove_file(dir.join("config.json"));
+        let dirs = [self.exec_dir.join(id), dir];
+        tokio::task::spawn_blocking(move || {
+            for d in dirs {
+                let _ = fs::remove_dir_all(d);
+            }
+        })
+        .await
+        .map_err(EngineError::internal)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -3608,99 +3702,5 @@ mod tests {
             vec!["A=2", "PATH=/x", "B=3"]
         );
         assert_eq!(&frame(1, b"hi")[..], &[1, 0, 0, 0, 0, 0, 0, 2, b'h', b'i']);
-    }
-}
-
-/// Unmounts a container's shareable /dev/shm (`dir`, under its record
-/// directory) and removes the mount point.
-fn unmount_shm_at(dir: &Path, id: &str) {
-    while is_mountpoint(dir) {
-        if let Err(e) = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
-            warn!(id, "cannot unmount {}: {e}", dir.display());
-            return;
-        }
-    }
-    let _ = fs::remove_dir(dir);
-}
-
-/// The end of a container removal, which may run in the background after
-/// the container is gone from the API (see `Containers::cleanup_resources`).
-struct RemovalCtx {
-    ctrd: Containerd,
-    snapshotter: String,
-    /// `<data-root>/containers`.
-    data_dir: PathBuf,
-    /// `<exec-root>/containers`.
-    exec_dir: PathBuf,
-}
-
-impl RemovalCtx {
-    /// `Tasks.Delete` (already gone is fine): what a removal deferred.
-    async fn delete_task(&self, id: &str) -> Result<()> {
-        match self
-            .ctrd
-            .tasks()
-            .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                container_id: id.to_string(),
-            }))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-            Err(s) => Err(EngineError::grpc("delete task", s)),
-        }
-    }
-
-    /// The containerd container and its rootfs snapshot (independent
-    /// records, one transaction each in the supervisor, so both go at once;
-    /// either already gone is fine), then the /dev/shm mount, the record
-    /// and the directories. On an error the record directory stays, the
-    /// tombstone a restarted orcad completes.
-    async fn finish(&self, id: &str) -> Result<()> {
-        let delete_container = async {
-            match self
-                .ctrd
-                .containers()
-                .delete(
-                    self.ctrd
-                        .req(ctrs::DeleteContainerRequest { id: id.to_string() }),
-                )
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-                Err(s) => Err(EngineError::grpc("delete containerd container", s)),
-            }
-        };
-        let remove_snapshot = async {
-            match self
-                .ctrd
-                .snapshots()
-                .remove(self.ctrd.req(snaps::RemoveSnapshotRequest {
-                    snapshotter: self.snapshotter.clone(),
-                    key: id.to_string(),
-                }))
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-                Err(s) => Err(EngineError::grpc("remove rootfs snapshot", s)),
-            }
-        };
-        let (container, snapshot) = tokio::join!(delete_container, remove_snapshot);
-        container?;
-        snapshot?;
-        let dir = self.data_dir.join(id);
-        unmount_shm_at(&dir.join("shm"), id);
-        let _ = fs::remove_file(dir.join("config.json"));
-        let dirs = [self.exec_dir.join(id), dir];
-        tokio::task::spawn_blocking(move || {
-            for d in dirs {
-                let _ = fs::remove_dir_all(d);
-            }
-        })
-        .await
-        .map_err(EngineError::internal)?;
-        Ok(())
     }
 }

@@ -206,8 +206,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.tracing.processo
     fn shim_pids(&self) -> Vec<i32> {
         let sock = self.socket().to_string_lossy().into_owned();
         crate::util::pids_where_args(|args| {
-            args.first().is_some_and(|a| a.contains("containerd-shim"))
-                && args.iter().any(|a| *a == sock)
+            args.first().is_some_and(|a| a.contains("containerd-shim")) && args.contains(&sock)
         })
     }
 }

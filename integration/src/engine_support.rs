@@ -359,9 +359,6 @@ pub fn stderr(o: &Output) -> String {
     text(&o.stderr)
 }
 
-/// Debian's containerd 1.6, orcad on it, the local registry with busybox,
-/// and that image pulled through orcad: the usual docker-CLI test set-up.
-
 /// containerd, a networking orcad (its own default bridge, bip, address pool
 /// and iptables chain prefix `<prefix>XXXXXX`, published ports on
 /// 127.0.0.1) and the local registry with busybox pulled. Dropped — also
@@ -535,10 +532,7 @@ pub fn http_unix(
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
         let size =
             usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {

@@ -44,7 +44,7 @@ pub fn use_orca_shim() -> PathBuf {
 pub fn orca_shim_pids(containerd_socket: &std::path::Path) -> Vec<i32> {
     let sock = containerd_socket.to_string_lossy().into_owned();
     crate::util::pids_where_args(|args| {
-        args.first().is_some_and(|a| a.contains(ORCA_SHIM_LINK)) && args.iter().any(|a| *a == sock)
+        args.first().is_some_and(|a| a.contains(ORCA_SHIM_LINK)) && args.contains(&sock)
     })
 }
 

@@ -227,7 +227,7 @@ impl Supervisor {
     /// its socket).
     fn shim_pids(&self) -> Vec<i32> {
         let sock = self.socket().to_string_lossy().into_owned();
-        crate::util::pids_where_args(|args| args.iter().any(|a| *a == sock))
+        crate::util::pids_where_args(|args| args.contains(&sock))
     }
 }
 

@@ -804,7 +804,7 @@ fn update(store: &StateStore, a: &UpdateArgs) -> Result<i32> {
             .and_then(|l| l.resources().clone())
             .unwrap_or_default(),
     };
-    let mut mem = res.memory().clone().unwrap_or_default();
+    let mut mem = res.memory().unwrap_or_default();
     let mut mem_set = res.memory().is_some();
     if let Some(m) = &a.memory {
         mem.set_limit(Some(parse_bytes(m)?));

@@ -816,7 +816,7 @@ pub fn exec(store: &StateStore, id: &str, process: &Process, opts: &ExecOptions)
         Status::Paused => return Err(RuntimeError::other("cannot exec in a paused container")),
         _ => return Err(RuntimeError::other("cannot exec in a stopped container")),
     }
-    if process.args().as_ref().map_or(true, |a| a.is_empty()) {
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(RuntimeError::Config(
             "field args: exec needs a command".into(),
         ));

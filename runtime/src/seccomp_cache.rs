@@ -84,7 +84,10 @@ impl BpfFilter {
     }
 
     fn from_bytes(bytes: &[u8], flags: libc::c_ulong) -> Option<BpfFilter> {
-        if bytes.is_empty() || bytes.len() % INSN_SIZE != 0 || bytes.len() / INSN_SIZE > MAX_INSNS {
+        if bytes.is_empty()
+            || !bytes.len().is_multiple_of(INSN_SIZE)
+            || bytes.len() / INSN_SIZE > MAX_INSNS
+        {
             return None;
         }
         let insns = bytes

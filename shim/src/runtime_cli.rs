@@ -107,6 +107,9 @@ pub fn last_error_in_log(text: &str) -> Option<String> {
     last
 }
 
+/// Called while a runtime command runs, with a function telling whether it has exited.
+pub type WhileRunning<'a> = &'a mut dyn FnMut(&dyn Fn() -> bool);
+
 impl RuntimeCli {
     pub fn new(binary: PathBuf, root: PathBuf, systemd_cgroup: bool, bundle: &Path) -> RuntimeCli {
         RuntimeCli {
@@ -153,7 +156,7 @@ impl RuntimeCli {
         args: Vec<OsString>,
         stdio: RuntimeStdio,
         input: Option<&[u8]>,
-        during: Option<&mut dyn FnMut(&dyn Fn() -> bool)>,
+        during: Option<WhileRunning<'_>>,
     ) -> Result<Vec<u8>> {
         let what = args
             .first()
