@@ -117,6 +117,16 @@ impl Containerd {
         VersionClient::new(self.channel.clone())
     }
 
+    /// `Tasks.Delete` of a container's task (its exit status is not needed).
+    pub async fn delete_task(&self, id: &str) -> std::result::Result<(), tonic::Status> {
+        self.tasks()
+            .delete(self.req(orca_proto::tasks::DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+            .map(drop)
+    }
+
     /// containerd's version and revision.
     pub async fn server_version(&self) -> Result<(String, String)> {
         let v = self

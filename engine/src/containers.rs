@@ -1085,7 +1085,7 @@ impl Containers {
                         _ => (255, util::now()),
                     };
                     self.drain_io(&entry);
-                    let _ = self.delete_task(&id).await;
+                    let _ = self.ctrd.delete_task(&id).await;
                     let mut nr = entry.record();
                     self.networks.release(&mut nr).await;
                     entry.with_rec(|r| {
@@ -1992,7 +1992,7 @@ impl Containers {
         // A leftover task from a previous run (a container that never
         // started has none: its task is deleted when create or start fails).
         if rec.state.started_at != util::ZERO_TIME {
-            let _ = self.delete_task(&id).await;
+            let _ = self.ctrd.delete_task(&id).await;
         }
         let prepared = entry
             .rootfs_mounts
@@ -2104,7 +2104,7 @@ impl Containers {
             .await;
         if matches!(&created, Err(s) if s.code() == tonic::Code::AlreadyExists) {
             // A task left by an orcad that died between create and start.
-            let _ = self.delete_task(&id).await;
+            let _ = self.ctrd.delete_task(&id).await;
             created = self.ctrd.tasks().create(self.ctrd.req(create_req)).await;
         }
         let task_pid = match created {
@@ -2116,7 +2116,7 @@ impl Containers {
             }
         };
         if let Err(e) = self.networks.attach_task(&mut net_rec, task_pid).await {
-            let _ = self.delete_task(&id).await;
+            let _ = self.ctrd.delete_task(&id).await;
             self.networks.release(&mut net_rec).await;
             unblock(&fifos);
             warn!(id, "network setup failed: {e}");
@@ -2134,7 +2134,7 @@ impl Containers {
         let pid = match started {
             Ok(r) => r.into_inner().pid,
             Err(s) => {
-                let _ = self.delete_task(&id).await;
+                let _ = self.ctrd.delete_task(&id).await;
                 self.networks.release(&mut net_rec).await;
                 unblock(&fifos);
                 return Err(self.start_failed(entry, "failed to start task", s));
@@ -2386,7 +2386,7 @@ impl Containers {
                 )
         };
         let task_gone = deferred
-            || match self.delete_task(&id).await {
+            || match self.ctrd.delete_task(&id).await {
                 Ok(()) => true,
                 Err(s) if s.code() == tonic::Code::NotFound => true,
                 Err(s) => {
@@ -2811,16 +2811,6 @@ impl Containers {
     }
 
     /// `Tasks.Delete` of the container's task (its init process).
-    async fn delete_task(&self, id: &str) -> std::result::Result<(), tonic::Status> {
-        self.ctrd
-            .tasks()
-            .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                container_id: id.to_string(),
-            }))
-            .await
-            .map(drop)
-    }
-
     /// Removes what a container has outside orcad's map: its task (unless
     /// `task_gone`), its record, then its containerd container, rootfs
     /// snapshot and directories. With `background` only the task and the
@@ -2832,7 +2822,7 @@ impl Containers {
     async fn cleanup_resources(&self, id: &str, task_gone: bool, background: bool) -> Result<()> {
         if !background {
             if !task_gone {
-                let _ = self.delete_task(id).await;
+                let _ = self.ctrd.delete_task(id).await;
             }
             return self.finish_removal(id).await;
         }
@@ -3511,15 +3501,8 @@ struct RemovalCtx {
 impl RemovalCtx {
     /// `Tasks.Delete` (already gone is fine): what a removal deferred.
     async fn delete_task(&self, id: &str) -> Result<()> {
-        match self
-            .ctrd
-            .tasks()
-            .delete(self.ctrd.req(tasks::DeleteTaskRequest {
-                container_id: id.to_string(),
-            }))
-            .await
-        {
-            Ok(_) => Ok(()),
+        match self.ctrd.delete_task(id).await {
+            Ok(()) => Ok(()),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
             Err(s) => Err(EngineError::grpc("delete task", s)),
         }

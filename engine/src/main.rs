@@ -204,6 +204,10 @@ async fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    match orca_engine::util::raise_open_files_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open files"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     std::fs::create_dir_all(&s.exec_root)
         .with_context(|| format!("cannot create {}", s.exec_root.display()))?;
     write_pidfile(&s.pidfile)?;

@@ -220,9 +220,31 @@ pub fn json_strings(v: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Raises the soft limit of open files to the hard limit, as Go programs (dockerd,
+/// containerd) do at start-up: every running container holds a few descriptors in the
+/// daemon (FIFOs, shim connections), more than a default soft limit of 1024 allows
+/// with a few hundred containers. Returns the new soft limit.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_files_soft_limit_is_raised_to_the_hard_one() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(512), hard).unwrap();
+        assert_eq!(raise_open_files_limit().unwrap(), hard);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+    }
 
     #[test]
     fn decodes_queries() {

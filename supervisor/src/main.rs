@@ -92,6 +92,10 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    match orca_supervisor::util::raise_open_files_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open files"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     if !malloc_tuned {
         tracing::warn!("mallopt(M_MMAP_THRESHOLD) failed: idle memory may be higher");
     }
