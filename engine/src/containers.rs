@@ -3566,24 +3566,25 @@ impl RemovalCtx {
 mod tests {
     use super::*;
 
+    /// A temp dir with a FIFO `name` and an empty json-file log.
+    fn fifo_and_log(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf, Arc<Mutex<JsonLog>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(name);
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let log_path = dir.path().join("log.json");
+        let limits = LogLimits {
+            max_size: None,
+            max_file: 1,
+        };
+        let log = Arc::new(Mutex::new(JsonLog::open(&log_path, limits).unwrap()));
+        (dir, fifo, log_path, log)
+    }
+
     /// A copier waits for the FIFO's first writer (no early EOF), copies what
     /// comes into the log and to attach clients, and ends at the writer's close.
     #[tokio::test]
     async fn stdio_copier_waits_for_the_writer_and_ends_at_its_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("init-stdout");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let log_path = dir.path().join("log.json");
-        let log = Arc::new(Mutex::new(
-            JsonLog::open(
-                &log_path,
-                LogLimits {
-                    max_size: None,
-                    max_file: 1,
-                },
-            )
-            .unwrap(),
-        ));
+        let (_dir, fifo, log_path, log) = fifo_and_log("init-stdout");
         let (tx, mut rx) = broadcast::channel(16);
         let (_stop, stop_rx) = watch::channel(false);
         let copier = tokio::spawn(copy_stream(fifo.clone(), 1, log, tx, stop_rx));
@@ -3622,20 +3623,7 @@ mod tests {
     /// the rest in the FIFO.
     #[tokio::test]
     async fn stdio_copier_stops_at_a_line_boundary() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("init-stderr");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let log_path = dir.path().join("log.json");
-        let log = Arc::new(Mutex::new(
-            JsonLog::open(
-                &log_path,
-                LogLimits {
-                    max_size: None,
-                    max_file: 1,
-                },
-            )
-            .unwrap(),
-        ));
+        let (_dir, fifo, log_path, log) = fifo_and_log("init-stderr");
         let (tx, _rx) = broadcast::channel(16);
         let (stop, stop_rx) = watch::channel(false);
         let copier = tokio::spawn(copy_stream(fifo.clone(), 2, log, tx, stop_rx));
