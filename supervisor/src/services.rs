@@ -1517,9 +1517,6 @@ impl api::tasks::tasks_server::Tasks for TasksService {
                 .get(&container.snapshotter)?
                 .mounts(&ns, &container.snapshot_key)?;
         }
-        let shims = self.0.shims.clone();
-        let ns2 = ns.clone();
-        let c2 = container.clone();
         let create = CreateTask {
             rootfs: rootfs.clone(),
             stdin: r.stdin.clone(),
@@ -1532,7 +1529,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         // Task lifecycle events (/tasks/create, start, exec-added,
         // exec-started, paused, resumed, delete, exit, oom) come from the
         // shim over ttrpc, as with containerd's v2 runtime.
-        let (_shim, pid) = shims.create(&ns2, &c2, create).await?;
+        let (_shim, pid) = self.0.shims.create(&ns, &container, create).await?;
         Ok(Response::new(api::tasks::CreateTaskResponse {
             container_id: r.container_id,
             pid,
@@ -1545,9 +1542,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
     ) -> GrpcResult<api::tasks::StartResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let shims = self.0.shims.clone();
-        let (ns2, id, exec) = (ns.clone(), r.container_id.clone(), r.exec_id.clone());
-        let pid = shims.start(&ns2, &id, &exec).await?;
+        let pid = self.0.shims.start(&ns, &r.container_id, &r.exec_id).await?;
         Ok(Response::new(api::tasks::StartResponse { pid }))
     }
 
@@ -1557,9 +1552,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
     ) -> GrpcResult<api::tasks::DeleteResponse> {
         let ns = namespace(&req)?;
         let id = req.into_inner().container_id;
-        let shims = self.0.shims.clone();
-        let (ns2, id2) = (ns.clone(), id.clone());
-        let d = shims.delete(&ns2, &id2, "").await?;
+        let d = self.0.shims.delete(&ns, &id, "").await?;
         let exited_at = d.exited_at.as_ref().map(pb_timestamp);
         Ok(Response::new(api::tasks::DeleteResponse {
             id,
@@ -1580,9 +1573,11 @@ impl api::tasks::tasks_server::Tasks for TasksService {
                 "DeleteProcess needs an exec id: use Delete for the task",
             ));
         }
-        let shims = self.0.shims.clone();
-        let (id, exec) = (r.container_id.clone(), r.exec_id.clone());
-        let d = shims.delete(&ns, &id, &exec).await?;
+        let d = self
+            .0
+            .shims
+            .delete(&ns, &r.container_id, &r.exec_id)
+            .await?;
         Ok(Response::new(api::tasks::DeleteResponse {
             id: r.exec_id,
             pid: d.pid,
@@ -1598,8 +1593,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         let ns = namespace(&req)?;
         let r = req.into_inner();
         let shim = self.0.shims.get(&ns, &r.container_id)?;
-        let exec = r.exec_id.clone();
-        let s = shim.state(&exec).await?;
+        let s = shim.state(&r.exec_id).await?;
         Ok(Response::new(api::tasks::GetResponse {
             process: Some(process_of(&r.container_id, &s)),
         }))
@@ -1632,8 +1626,8 @@ impl api::tasks::tasks_server::Tasks for TasksService {
     async fn kill(&self, req: Request<api::tasks::KillRequest>) -> GrpcResult<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let shims = self.0.shims.clone();
-        shims
+        self.0
+            .shims
             .kill(&ns, &r.container_id, &r.exec_id, r.signal, r.all)
             .await?;
         Ok(Response::new(()))
@@ -1645,17 +1639,15 @@ impl api::tasks::tasks_server::Tasks for TasksService {
         if r.exec_id.is_empty() {
             return Err(Status::invalid_argument("exec id must not be empty"));
         }
-        let shims = self.0.shims.clone();
-        let (ns2, r2) = (ns.clone(), r.clone());
-        shims.exec(&ns2, &r2.container_id, &r2).await?;
+        self.0.shims.exec(&ns, &r.container_id, &r).await?;
         Ok(Response::new(()))
     }
 
     async fn resize_pty(&self, req: Request<api::tasks::ResizePtyRequest>) -> GrpcResult<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let shims = self.0.shims.clone();
-        shims
+        self.0
+            .shims
             .resize_pty(&ns, &r.container_id, &r.exec_id, r.width, r.height)
             .await?;
         Ok(Response::new(()))
@@ -1664,8 +1656,8 @@ impl api::tasks::tasks_server::Tasks for TasksService {
     async fn close_io(&self, req: Request<api::tasks::CloseIoRequest>) -> GrpcResult<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let shims = self.0.shims.clone();
-        shims
+        self.0
+            .shims
             .close_io(&ns, &r.container_id, &r.exec_id, r.stdin)
             .await?;
         Ok(Response::new(()))
@@ -1674,18 +1666,14 @@ impl api::tasks::tasks_server::Tasks for TasksService {
     async fn pause(&self, req: Request<api::tasks::PauseTaskRequest>) -> GrpcResult<()> {
         let ns = namespace(&req)?;
         let id = req.into_inner().container_id;
-        let shims = self.0.shims.clone();
-        let (ns2, id2) = (ns.clone(), id.clone());
-        shims.pause(&ns2, &id2).await?;
+        self.0.shims.pause(&ns, &id).await?;
         Ok(Response::new(()))
     }
 
     async fn resume(&self, req: Request<api::tasks::ResumeTaskRequest>) -> GrpcResult<()> {
         let ns = namespace(&req)?;
         let id = req.into_inner().container_id;
-        let shims = self.0.shims.clone();
-        let (ns2, id2) = (ns.clone(), id.clone());
-        shims.resume(&ns2, &id2).await?;
+        self.0.shims.resume(&ns, &id).await?;
         Ok(Response::new(()))
     }
 
@@ -1695,8 +1683,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
     ) -> GrpcResult<api::tasks::ListPidsResponse> {
         let ns = namespace(&req)?;
         let id = req.into_inner().container_id;
-        let shims = self.0.shims.clone();
-        let processes = shims.pids(&ns, &id).await?;
+        let processes = self.0.shims.pids(&ns, &id).await?;
         Ok(Response::new(api::tasks::ListPidsResponse { processes }))
     }
 
@@ -1712,8 +1699,8 @@ impl api::tasks::tasks_server::Tasks for TasksService {
     async fn update(&self, req: Request<api::tasks::UpdateTaskRequest>) -> GrpcResult<()> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let shims = self.0.shims.clone();
-        shims
+        self.0
+            .shims
             .update(&ns, &r.container_id, &r.resources, &r.annotations)
             .await?;
         Ok(Response::new(()))
@@ -1755,8 +1742,7 @@ impl api::tasks::tasks_server::Tasks for TasksService {
     ) -> GrpcResult<api::tasks::WaitResponse> {
         let ns = namespace(&req)?;
         let r = req.into_inner();
-        let shims = self.0.shims.clone();
-        let (exit_status, exited_at) = shims.wait(&ns, &r.container_id, &r.exec_id).await?;
+        let (exit_status, exited_at) = self.0.shims.wait(&ns, &r.container_id, &r.exec_id).await?;
         Ok(Response::new(api::tasks::WaitResponse {
             exit_status,
             exited_at,
