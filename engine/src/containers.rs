@@ -588,7 +588,7 @@ fn spec_env(rec: &Record, linked: &[String]) -> Vec<String> {
 /// before the rootfs's /etc/group can be read).
 fn numeric_group_add(rec: &Record) -> Record {
     let mut r = rec.clone();
-    let gids: Vec<String> = spec::str_list(&rec.host_config["GroupAdd"])
+    let gids: Vec<String> = util::json_strings(&rec.host_config["GroupAdd"])
         .into_iter()
         .filter(|g| g.parse::<u32>().is_ok())
         .collect();
@@ -1606,7 +1606,7 @@ impl Containers {
     /// volumes and binds, with the requested mode.
     fn volumes_from(&self, hc: &Value) -> Result<Vec<crate::volumes::MountPoint>> {
         let mut out = Vec::new();
-        for spec_str in spec::str_list(&hc["VolumesFrom"]) {
+        for spec_str in util::json_strings(&hc["VolumesFrom"]) {
             let (c, rw) = crate::volumes::parse_volumes_from(&spec_str)?;
             let r = self.lookup(&c)?.record();
             let mut mps = r.mount_points.clone();
@@ -1614,7 +1614,7 @@ impl Containers {
                 if m["type"] != "bind" || mps.iter().any(|p| p.destination == m["destination"]) {
                     continue;
                 }
-                let opts = spec::str_list(&m["options"]);
+                let opts = util::json_strings(&m["options"]);
                 mps.push(crate::volumes::MountPoint {
                     typ: "bind".into(),
                     source: m["source"].as_str().unwrap_or("").into(),
@@ -2195,7 +2195,7 @@ impl Containers {
             crate::networks::container_target(hc["PidMode"].as_str().unwrap_or("")).is_some();
         let shares_ipc =
             crate::networks::container_target(hc["IpcMode"].as_str().unwrap_or("")).is_some();
-        let has_links = !spec::str_list(&hc["Links"]).is_empty();
+        let has_links = !util::json_strings(&hc["Links"]).is_empty();
         if hc["IpcMode"] == "host" && !Path::new("/dev/shm").is_dir() {
             return Err(EngineError::internal(
                 "/dev/shm is not mounted, but must be for --ipc=host",
@@ -2272,7 +2272,7 @@ impl Containers {
             if parent.id == child.id || !parent.state.running {
                 continue;
             }
-            let links_it = spec::str_list(&parent.host_config["Links"])
+            let links_it = util::json_strings(&parent.host_config["Links"])
                 .iter()
                 .any(|l| {
                     crate::networks::parse_link(l)
@@ -3135,7 +3135,7 @@ fn mounts_json(hc: &Value, mount_points: &[crate::volumes::MountPoint]) -> Value
                         .is_some_and(|t| t.contains_key(m["destination"].as_str().unwrap_or("")))
             })
             .map(|m| {
-                let opts = spec::str_list(&m["options"]);
+                let opts = util::json_strings(&m["options"]);
                 let rw = !opts.iter().any(|o| o == "ro");
                 let prop = opts
                     .iter()

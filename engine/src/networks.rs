@@ -830,9 +830,9 @@ impl Networks {
                 .find(|n| !n.predefined && lock(&self.dns).contains_key(&n.id))
                 .map(|n| n.gateway.clone())
         };
-        let dns = str_list(&hc["Dns"]);
-        let search = str_list(&hc["DnsSearch"]);
-        let options = str_list(&hc["DnsOptions"]);
+        let dns = util::json_strings(&hc["Dns"]);
+        let search = util::json_strings(&hc["DnsSearch"]);
+        let options = util::json_strings(&hc["DnsOptions"]);
         for a in &dns {
             if a.parse::<std::net::IpAddr>().is_err() {
                 return Err(EngineError::BadRequest(format!("{a} is not an ip address")));
@@ -937,7 +937,7 @@ impl Networks {
     /// The embedded DNS's view of `rec`: its `Dns` servers and its links
     /// on user-defined networks.
     fn set_ctr_dns(&self, rec: &Record) {
-        let servers = str_list(&rec.host_config["Dns"])
+        let servers = util::json_strings(&rec.host_config["Dns"])
             .iter()
             .filter_map(|a| a.parse::<IpAddr>().ok())
             .collect();
@@ -1414,7 +1414,7 @@ pub async fn disconnect(engine: &crate::Engine, key: &str, body: &Value) -> Resu
 /// Checks `ExtraHosts` and `Dns` at create, before anything is made.
 pub fn check_hosts_and_dns(hc: &Value) -> Result<()> {
     extra_hosts(hc, None)?;
-    for a in str_list(&hc["Dns"]) {
+    for a in util::json_strings(&hc["Dns"]) {
         if a.parse::<std::net::IpAddr>().is_err() {
             return Err(EngineError::BadRequest(format!("{a} is not an ip address")));
         }
@@ -1430,7 +1430,7 @@ fn extra_hosts(
     host_gw: Option<&dyn Fn() -> Result<String>>,
 ) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for e in str_list(&hc["ExtraHosts"]) {
+    for e in util::json_strings(&hc["ExtraHosts"]) {
         let (name, ip) = e
             .split_once(':')
             .or_else(|| e.split_once('='))
@@ -1459,17 +1459,6 @@ fn extra_hosts(
     Ok(out)
 }
 
-/// A JSON array of strings (anything else: empty).
-fn str_list(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 // ---- sharing modes: container:<x>, links ----
 
 /// The container named by a `container:<name|id>` mode, if that is the mode.
@@ -1483,7 +1472,7 @@ pub fn container_target(mode: &str) -> Option<&str> {
 pub fn check_network_mode(body: &Value, hc: &Value) -> Result<()> {
     let bad = |m: &str| Err(EngineError::BadRequest(m.to_string()));
     let mode = hc["NetworkMode"].as_str().unwrap_or("");
-    let links = str_list(&hc["Links"]);
+    let links = util::json_strings(&hc["Links"]);
     for l in &links {
         parse_link(l)?;
     }
@@ -1541,7 +1530,7 @@ pub fn check_links(hc: &Value, lookup: &dyn Fn(&str) -> Result<Record>) -> Resul
     if !legacy {
         return Ok(());
     }
-    for l in str_list(&hc["Links"]) {
+    for l in util::json_strings(&hc["Links"]) {
         let (name, _) = parse_link(&l)?;
         let not_found = |e: EngineError, n: &str| match e {
             EngineError::NotFound(m) => {
@@ -1590,7 +1579,7 @@ pub fn parse_link(l: &str) -> Result<(String, String)> {
 
 /// An endpoint's `Links` (checked).
 pub fn endpoint_links(v: &Value) -> Result<Vec<String>> {
-    let links = str_list(v);
+    let links = util::json_strings(v);
     for l in &links {
         parse_link(l)?;
     }
@@ -1727,7 +1716,7 @@ pub fn legacy_links(
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for l in str_list(&rec.host_config["Links"]) {
+    for l in util::json_strings(&rec.host_config["Links"]) {
         let (name, alias) = parse_link(&l)?;
         let mut child = match lookup(&name) {
             Ok(c) => c,

@@ -163,17 +163,6 @@ fn host_caps() -> Vec<&'static str> {
         .collect()
 }
 
-/// A JSON array of strings (anything else: empty).
-pub fn str_list(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn normalize_cap(c: &str) -> Result<String> {
     let up = c.trim().to_ascii_uppercase();
     if up == "ALL" {
@@ -289,7 +278,7 @@ pub fn user_mounts_no_side_effects(hc: &Value) -> Vec<Value> {
 
 fn user_mounts_impl(hc: &Value, create_missing: bool) -> Result<Vec<Value>> {
     let mut out: Vec<Value> = Vec::new();
-    for b in str_list(&hc["Binds"]) {
+    for b in crate::util::json_strings(&hc["Binds"]) {
         let parts: Vec<&str> = b.split(':').collect();
         let (src, dst, mode) = match parts.as_slice() {
             // An anonymous volume: volumes::plan.
@@ -620,7 +609,7 @@ pub fn rlimits(v: &Value) -> Result<Vec<Value>> {
 /// disabled labels match what orcad does anyway; anything else is 501.
 pub fn no_new_privileges(hc: &Value) -> Result<bool> {
     let mut nnp = false;
-    for o in str_list(&hc["SecurityOpt"]) {
+    for o in crate::util::json_strings(&hc["SecurityOpt"]) {
         let (k, v) = o
             .split_once('=')
             .or_else(|| o.split_once(':'))
@@ -897,7 +886,7 @@ pub fn devices(hc: &Value) -> Result<(Vec<Value>, Vec<Value>)> {
             nodes.push(n);
         }
     }
-    for r in str_list(&hc["DeviceCgroupRules"]) {
+    for r in crate::util::json_strings(&hc["DeviceCgroupRules"]) {
         rules.push(parse_cgroup_rule(&r)?);
     }
     if !hc["DeviceCgroupRules"].is_null() && !hc["DeviceCgroupRules"].is_array() {
@@ -990,7 +979,7 @@ pub fn additional_gids(groups: &[String], etc_group: Option<&str>) -> Result<Vec
 /// Whether resolving `GroupAdd` needs the container's /etc/group (some
 /// entry is not a plain number).
 pub fn group_add_needs_names(hc: &Value) -> bool {
-    str_list(&hc["GroupAdd"])
+    crate::util::json_strings(&hc["GroupAdd"])
         .iter()
         .any(|g| g.parse::<u32>().is_err())
 }
@@ -1042,8 +1031,8 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
     let privileged = hc["Privileged"].as_bool().unwrap_or(false);
     let caps = capabilities(
         privileged,
-        &str_list(&hc["CapAdd"]),
-        &str_list(&hc["CapDrop"]),
+        &crate::util::json_strings(&hc["CapAdd"]),
+        &crate::util::json_strings(&hc["CapDrop"]),
     )?;
     let shm_size = match hc["ShmSize"].as_i64().unwrap_or(0) {
         n if n > 0 => n,
@@ -1183,12 +1172,15 @@ pub fn build(i: &SpecInput<'_>) -> Result<Value> {
     };
     let mut resources = resources(hc)?;
     resources["devices"] = json!(devices);
-    let gids = additional_gids(&str_list(&hc["GroupAdd"]), i.etc_group)?;
+    let gids = additional_gids(&crate::util::json_strings(&hc["GroupAdd"]), i.etc_group)?;
     let nnp = no_new_privileges(hc)?;
     // Docker's default seccomp profile for these capabilities, a custom one,
     // or none (unconfined, privileged).
-    let seccomp =
-        crate::seccomp_profile::for_container(&str_list(&hc["SecurityOpt"]), privileged, &caps)?;
+    let seccomp = crate::seccomp_profile::for_container(
+        &crate::util::json_strings(&hc["SecurityOpt"]),
+        privileged,
+        &caps,
+    )?;
     let mut spec = json!({
         "ociVersion": "1.0.2-dev",
         "process": {

@@ -557,7 +557,7 @@ pub fn plan(
     taken: &[String],
 ) -> Result<Vec<Planned>> {
     let mut explicit: Vec<Planned> = Vec::new();
-    for b in crate::spec::str_list(&hc["Binds"]) {
+    for b in crate::util::json_strings(&hc["Binds"]) {
         let parts: Vec<&str> = b.split(':').collect();
         let (src, dst, mode) = match parts.as_slice() {
             [d] => ("", *d, ""),
